@@ -1,0 +1,162 @@
+"""The one fixed-point loop, shared by every solver, forward and adjoint.
+
+Per-sample stopping: a sample whose residual reached the tolerance is frozen (its value and
+residual are final) and is no longer iterated. When the operator does not couple samples and its
+batch arguments are known, T is evaluated on the active rows only; when it couples them (BatchNorm
+with batch statistics) or is an opaque closure, T is evaluated on the whole batch, frozen rows held
+at their final value, and only the active rows are updated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._solution import NonFiniteError, Status
+from .solvers import Solver
+
+
+@dataclass
+class RawSolve:
+    """Plain result of :func:`solve` (no gradient attached)."""
+
+    value: Tensor  # (B, ...) u*
+    iterations: Tensor  # (B,) evaluations of T per sample
+    residual: Tensor  # (B,)
+    converged: Tensor  # (B,) bool
+    trace: Tensor | None  # (K, B)
+    evaluations: int
+
+    @property
+    def status(self) -> Status:
+        return Status.CONVERGED if bool(self.converged.all()) else Status.MAX_ITER
+
+
+def check_image(z0: Tensor, fz0: Tensor, what: str = "T(z0)") -> None:
+    """T must map the latent space to itself: same shape, dtype and device."""
+    if not isinstance(fz0, Tensor):
+        raise TypeError(f"{what} returned {type(fz0).__name__}, expected a Tensor like z0")
+    problems = []
+    if fz0.shape != z0.shape:
+        problems.append(f"shape {tuple(fz0.shape)} vs z0 {tuple(z0.shape)}")
+    if fz0.dtype != z0.dtype:
+        problems.append(f"dtype {fz0.dtype} vs z0 {z0.dtype}")
+    if fz0.device != z0.device:
+        problems.append(f"device {fz0.device} vs z0 {z0.device}")
+    if problems:
+        raise ValueError(
+            f"{what} does not live in the space of z0: " + "; ".join(problems) + ". "
+            "The operator must return the next latent iterate, shaped, typed and placed like z0."
+        )
+
+
+def _rows(x: Any, rows: Tensor) -> Any:
+    return x.index_select(0, rows) if isinstance(x, Tensor) else x
+
+
+def _put(buf: Tensor, rows: Tensor, values: Tensor) -> Tensor:
+    """buf[rows] = values; out of place when a graph is recorded (the Unrolled backward)."""
+    if torch.is_grad_enabled() and (buf.requires_grad or values.requires_grad):
+        return buf.index_copy(0, rows, values)
+    return buf.index_copy_(0, rows, values)
+
+
+def solve(
+    f: Callable[..., Tensor],
+    z0: Tensor,
+    solver: Solver,
+    *,
+    args: Sequence[Any] = (),
+    full_batch: bool = True,
+    trace: bool = False,
+    what: str = "T",
+) -> RawSolve:
+    """Iterate u ← solver.update(u, T(u)) from z0, per sample, until the tolerance or the cap.
+
+    Args:
+        f: T, called as ``f(z, *args)``; returns a tensor like ``z``.
+        z0: (B, ...) starting latent.
+        solver: a :class:`fpnets.solvers.Solver` configuration.
+        args: batch-first tensors that ``f`` takes after ``z`` (non-tensors are passed as they are).
+        full_batch: evaluate T on the whole batch every time (needed when T couples samples, or when
+            ``f`` is a closure whose batch cannot be sliced); otherwise only on the active rows.
+        trace: record the residual of every sample after every evaluation.
+        what: name of the map in error messages.
+
+    The autograd mode is the caller's: under ``torch.no_grad()`` this builds no graph.
+    """
+    if z0.dim() == 0:
+        raise ValueError("z0 must have a batch dimension first, got a 0-dimensional tensor")
+    batch = z0.shape[0]
+    if batch == 0:
+        raise ValueError(f"z0 has an empty batch (shape {tuple(z0.shape)}); pass at least one sample")
+    device = z0.device
+    fz = f(z0, *args)
+    check_image(z0, fz, f"{what}(z0)")
+    evaluations = 1
+    tol = solver.tol
+    r = solver.residual(z0, fz)  # (B,)
+
+    out_z = z0.clone() if not z0.requires_grad else z0  # (B, ...) final values land here
+    out_r = r.detach().clone()
+    iterations = torch.full((batch,), solver.max_iter, dtype=torch.long, device=device)
+    converged = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows = torch.arange(batch, device=device)  # original index of each active row
+    z, r_act, act_args = z0, r, list(args)
+    state = solver.init(z0, fz)
+    history: list[Tensor] = []
+    current_r = out_r.clone() if trace else None
+    k = 1  # evaluations of T so far for every active sample
+    while True:
+        finite, any_done = torch.stack((torch.isfinite(r_act).all(), (r_act <= tol).any())).tolist()
+        if not finite:
+            bad = rows[~torch.isfinite(r_act)].tolist()
+            raise NonFiniteError(
+                f"{what} produced a NaN or Inf at evaluation {k} (samples {bad[:10]}"
+                f"{' ...' if len(bad) > 10 else ''}); check the input for NaN/Inf, lower the "
+                "learning rate, or make the operator contractive"
+            )
+        if trace:
+            assert current_r is not None
+            current_r.index_copy_(0, rows, r_act.detach())
+            history.append(current_r.clone())
+        last = k >= solver.max_iter
+        if any_done or last:
+            done = torch.ones_like(r_act, dtype=torch.bool) if last else r_act <= tol
+            done_rows = rows[done]
+            out_z = _put(out_z, done_rows, z[done])
+            out_r.index_copy_(0, done_rows, r_act.detach()[done])
+            converged.index_copy_(0, done_rows, (r_act <= tol)[done])
+            iterations.index_copy_(0, done_rows, torch.full_like(done_rows, k))
+            if last or bool(done.all()):
+                break
+            keep = ~done
+            rows = rows[keep]
+            z, fz, r_act = z[keep], fz[keep], r_act[keep]
+            state = tuple(s[keep] for s in state)
+            if not full_batch:
+                idx = torch.nonzero(keep).squeeze(1)
+                act_args = [_rows(a, idx) for a in act_args]
+        z, state = solver.update(z, fz, state, k)
+        if full_batch:
+            if rows.numel() == batch:
+                fz = f(z, *args)
+            else:
+                fz = f(_put(out_z, rows, z), *args).index_select(0, rows)
+        else:
+            fz = f(z, *act_args)
+        evaluations += 1
+        k += 1
+        r_act = solver.residual(z, fz)
+    return RawSolve(
+        value=out_z,
+        iterations=iterations,
+        residual=out_r,
+        converged=converged,
+        trace=torch.stack(history) if trace else None,
+        evaluations=evaluations,
+    )

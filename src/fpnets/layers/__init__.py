@@ -1,0 +1,19 @@
+"""Contractive building blocks: bounded layers, γ-contractive operators, Lipschitz tools."""
+
+from ._contractive import (
+    Contraction,
+    ContractiveConvOperator,
+    lipschitz_estimate,
+    reference_rescale_,
+)
+from ._spectral import SpectralConv2d, SpectralLinear, conv_operator_norm
+
+__all__ = [
+    "Contraction",
+    "ContractiveConvOperator",
+    "SpectralConv2d",
+    "SpectralLinear",
+    "conv_operator_norm",
+    "lipschitz_estimate",
+    "reference_rescale_",
+]

@@ -1,0 +1,7 @@
+"""Forward solvers: small configuration objects run by the one loop, :func:`fpnets.solve`."""
+
+from ._anderson import Anderson
+from ._base import Solver, State
+from ._picard import Picard
+
+__all__ = ["Anderson", "Picard", "Solver", "State"]
