@@ -17,7 +17,8 @@ class Anderson(Solver):
     With G_i = T(u_i) − u_i for the last m_k = min(k, m) iterates, each sample solves
     min_α ‖Σ α_i G_i‖² + λ‖α‖² subject to Σ α_i = 1 (λ = ``ridge`` times the mean of diag GGᵀ),
     then mixes u_{k+1} = β Σ α_i T(u_i) + (1 − β) Σ α_i u_i with β = ``beta``.
-    The small m_k × m_k systems are solved in float64 whatever the dtype of u.
+    G Gᵀ is kept and updated by one row per iteration (O(m n) work, not O(m² n)); the small
+    m_k × m_k systems are solved in float64 whatever the dtype of u.
     """
 
     m: int = 5
@@ -33,47 +34,64 @@ class Anderson(Solver):
 
     def init(self, z: Tensor, fz: Tensor) -> State:
         batch, n = z.shape[0], z[0].numel()
-        hist_x = z.new_zeros(batch, self.m, n)  # (B, m, n) past iterates u_i
         hist_f = z.new_zeros(batch, self.m, n)  # (B, m, n) past T(u_i)
-        return (hist_x, hist_f)
+        hist_g = z.new_zeros(batch, self.m, n)  # (B, m, n) past residuals G_i = T(u_i) − u_i
+        gram = torch.zeros(batch, self.m, self.m, dtype=torch.float64, device=z.device)  # (B, m, m) G Gᵀ
+        return (hist_f, hist_g, gram)
 
     def update(self, z: Tensor, fz: Tensor, state: State, k: int) -> tuple[Tensor, State]:
-        hist_x, hist_f = state
+        hist_f, hist_g, gram = state
         batch = z.shape[0]
         slot = (k - 1) % self.m
-        hist_x = _write(hist_x, slot, z.reshape(batch, -1))
-        hist_f = _write(hist_f, slot, fz.reshape(batch, -1))
         used = min(k, self.m)
-        xs, fs = hist_x[:, :used], hist_f[:, :used]  # (B, m_k, n)
+        g = (fz - z).reshape(batch, -1)  # (B, n)
+        hist_f = _write(hist_f, slot, fz.reshape(batch, -1))
+        hist_g = _write(hist_g, slot, g)
+        # only the new row and column of G Gᵀ change: (B, m_k, n) @ (B, n, 1)
+        row = torch.bmm(hist_g[:, :used], g.unsqueeze(2)).squeeze(2).double()  # (B, m_k)
+        gram = _write_gram(gram, slot, row)
         if used == 1:
-            alpha = xs.new_ones(batch, 1)
+            alpha = z.new_ones(batch, 1)
         else:
-            g = (fs - xs).double()
-            gram = g @ g.transpose(1, 2)  # (B, m_k, m_k)
-            scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)  # (B,)
-            eye = torch.eye(used, dtype=gram.dtype, device=gram.device)
-            gram = gram + (self.ridge * scale)[:, None, None] * eye
-            ones = gram.new_ones(batch, used, 1)
-            a = torch.linalg.solve(gram, ones).squeeze(-1)  # (B, m_k)
+            h = gram[:, :used, :used]
+            scale = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)  # (B,)
+            eye = torch.eye(used, dtype=h.dtype, device=h.device)
+            h = h + (self.ridge * scale)[:, None, None] * eye
+            a = torch.linalg.solve(h, h.new_ones(batch, used, 1)).squeeze(-1)  # (B, m_k)
             total = a.sum(dim=1, keepdim=True)
             ok = torch.isfinite(a).all(dim=1, keepdim=True) & (total.abs() > 1e-300)
             latest = torch.zeros_like(a)
             latest[:, slot] = 1.0
             alpha = torch.where(ok, a / torch.where(ok, total, 1.0), latest).to(z.dtype)
-        mix_f = (alpha.unsqueeze(1) @ fs).squeeze(1)  # (B, n)
-        if self.beta == 1.0:
-            new = mix_f
-        else:
-            mix_x = (alpha.unsqueeze(1) @ xs).squeeze(1)
-            new = self.beta * mix_f + (1.0 - self.beta) * mix_x
-        return new.reshape(z.shape), (hist_x, hist_f)
+        weights = alpha.unsqueeze(1)  # (B, 1, m_k)
+        new = torch.bmm(weights, hist_f[:, :used]).squeeze(1)  # Σ α_i T(u_i)
+        if self.beta != 1.0:  # β Σα T(u_i) + (1 − β) Σα u_i = Σα T(u_i) − (1 − β) Σα G_i
+            new = new - (1.0 - self.beta) * torch.bmm(weights, hist_g[:, :used]).squeeze(1)
+        return new.reshape(z.shape), (hist_f, hist_g, gram)
+
+
+def _recording(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _write(buf: Tensor, slot: int, value: Tensor) -> Tensor:
     """buf[:, slot] = value; in place without autograd, out of place when a graph is recorded."""
-    if torch.is_grad_enabled() and (buf.requires_grad or value.requires_grad):
+    if _recording(buf, value):
         mask = torch.zeros(buf.shape[1], 1, dtype=torch.bool, device=buf.device)
         mask[slot] = True
         return torch.where(mask, value.unsqueeze(1), buf)
     buf[:, slot] = value
     return buf
+
+
+def _write_gram(gram: Tensor, slot: int, row: Tensor) -> Tensor:
+    """gram[:, slot, :m_k] = gram[:, :m_k, slot] = row (symmetric update of G Gᵀ)."""
+    used = row.shape[1]
+    if _recording(gram, row):
+        full = torch.nn.functional.pad(row, (0, gram.shape[1] - used))  # (B, m)
+        idx = torch.arange(gram.shape[1], device=gram.device)
+        gram = torch.where((idx == slot)[None, :, None], full[:, None, :], gram)
+        return torch.where((idx == slot)[None, None, :], full[:, :, None], gram)
+    gram[:, slot, :used] = row
+    gram[:, :used, slot] = row
+    return gram
