@@ -227,3 +227,21 @@ def test_ift_adjoint_nonconvergence_warns_or_raises() -> None:
     )
     with pytest.raises(fpnets.ConvergenceError, match=r"did not converge.*max_iter=1"):
         _loss(sol.value).backward()
+
+
+@pytest.mark.parametrize(
+    "solver", [Anderson(tol=0.0, max_iter=8, m=3), Picard(tol=0.0, max_iter=8, damping=0.6)]
+)
+def test_unrolled_gradient_of_a_fixed_depth_solve_passes_gradcheck(solver) -> None:
+    op = TanhOperator(4, 3, gamma=0.8)
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        def t(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return 0.8 * torch.tanh(z @ w.T + x @ op.u.T + op.b)
+
+        z0 = torch.zeros(x.shape[0], 4, dtype=D)
+        return fpnets.fixed_point(t, z0, x, solver=solver, backward=Unrolled(), warn=False).value
+
+    x = torch.randn(3, 3, dtype=D, requires_grad=True)
+    w = op.w.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(fn, (x, w))
