@@ -143,8 +143,10 @@ def reference_rescale_(
 ) -> float:
     """The reference implementation's Lipschitz rule, offered to reproduce the paper's models.
 
-    Perturbs u and x = Q(d) by N(0, I), estimates the ratio ρ = mean ‖T(w) − T(u)‖ / ‖w − u‖
-    (channel-wise norms, averaged over samples and positions) and, if ρ > γ, multiplies every
+    Draws w = u + Δu and x' = x + Δx with Δu, Δx ~ N(0, I), estimates the ratio
+    ρ = mean ‖T(w; x') − T(u; x')‖ / mean ‖w − u‖ (channel-wise norms, each averaged over samples
+    and positions; both evaluations share the perturbed x', as in the reference, so ρ measures the
+    dependence on u only) and, if ρ > γ, multiplies every
     tensor in ``params`` (the latent blocks' conv weights and biases) in place by (γ/ρ)^(1/blocks).
     This is a heuristic on a random direction, not a bound: prefer :class:`ContractiveConvOperator`
     for a guarantee. Returns ρ measured before any rescaling.
@@ -152,8 +154,8 @@ def reference_rescale_(
     _check_gamma(gamma, "reference_rescale_")
     du = torch.randn(u.shape, dtype=u.dtype, device=u.device, generator=generator)
     dx = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-    delta_t = operator(u + du, x + dx) - operator(u, x)
-    ratio = float((_channel_norm(delta_t) / _channel_norm(du).clamp_min(1e-12)).mean())
+    delta_t = operator(u + du, x + dx) - operator(u, x + dx)
+    ratio = float(_channel_norm(delta_t).mean() / _channel_norm(du).mean().clamp_min(1e-12))
     if math.isfinite(ratio) and ratio > gamma:
         factor = (gamma / ratio) ** (1.0 / blocks)
         for p in params:
