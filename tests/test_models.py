@@ -375,3 +375,33 @@ def test_reference_rescale_measures_the_dependence_on_u_only() -> None:
     u, x = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
     rho = reference_rescale_(lambda u, x: 0.3 * u + 5.0 * x, u, x, 0.5, [w], blocks=1)
     assert rho == pytest.approx(0.3, rel=1e-5) and w.item() == 1.0
+
+
+def _rescale_worker(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = build_model("digits", "jacobian", solver={"max_iter": 5}).train()
+        with torch.no_grad():
+            for p in model.operator.rescalable_parameters():
+                p.mul_(4.0)
+        torch.manual_seed(rank)  # different data and noise on every process
+        model(torch.randn(4, 1, 8, 8))
+        ratio = model.after_optimizer_step()
+        params = {k: p.detach() for k, p in model.named_parameters()}  # BN statistics differ, as in DDP
+        torch.save({"ratio": ratio, "state": params}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_reference_rule_keeps_data_parallel_replicas_identical(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rescale_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert a["ratio"] == b["ratio"] > 0.5
+    for key, value in a["state"].items():
+        assert torch.equal(value, b["state"][key]), key

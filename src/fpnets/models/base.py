@@ -19,6 +19,7 @@ Lip_u(R) ≤ γ for every parameter value).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -433,13 +434,16 @@ class FixedPointNetwork(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self) -> float | None:
         """Call after every ``optimizer.step()``. With ``lipschitz="reference"``, applies the
-        reference implementation's rule (:func:`fpnets.layers.reference_rescale_`) at the (u, Q(d))
-        stored by the last training forward: if the measured ratio ρ exceeds γ, every latent conv
-        weight and bias is multiplied by (γ/ρ)^(1/blocks). Returns ρ, or None when nothing was
-        measured (rule off, or no training forward since the last call).
+        reference implementation's rule at the (u, Q(d)) stored by the last training forward: ρ is
+        measured by :func:`fpnets.layers.reference_rescale_` and, if ρ > γ, every latent conv weight
+        and bias is multiplied by (γ/ρ)^(1/blocks). Returns ρ, or None when nothing was measured
+        (rule off, or no training forward since the last call).
 
         R is evaluated in the model's current mode; BatchNorm running statistics are restored
-        afterwards, so the two perturbed evaluations do not enter them.
+        afterwards, so the two perturbed evaluations do not enter them. Under torch.distributed
+        (several processes), ρ is averaged over the processes before the decision, so every replica
+        applies the same factor and the replicas stay identical; every process must then call this
+        after every step, as it does in a data-parallel loop.
         """
         if self.lipschitz != "reference" or self._rescale_point is None:
             return None
@@ -447,12 +451,27 @@ class FixedPointNetwork(nn.Module):
         self._rescale_point = None
         op = self.operator
         saved = [b.clone() for b in op.buffers()]
-        try:
-            ratio = reference_rescale_(op, u, x, op.gamma, op.rescalable_parameters(), op.num_blocks)
+        try:  # measure only (no parameters passed), so that ρ can be averaged over processes
+            ratio = reference_rescale_(op, u, x, op.gamma, [], op.num_blocks)
         finally:
             for b, s in zip(op.buffers(), saved, strict=True):
                 b.copy_(s)
+        ratio = _mean_over_processes(ratio, u)
+        if math.isfinite(ratio) and ratio > op.gamma:
+            factor = (op.gamma / ratio) ** (1.0 / op.num_blocks)
+            for p in op.rescalable_parameters():
+                p.mul_(factor)
         return ratio
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, variant={self.variant!r}, lipschitz={self.lipschitz!r}"
+
+
+def _mean_over_processes(value: float, like: Tensor) -> float:
+    """The mean of ``value`` over the processes of the default torch.distributed group (if any)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=like.device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
