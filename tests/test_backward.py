@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import fpnets
-from conftest import contraction_matrix
 from fpnets import IFT, JFB, Anderson, CGNormal, Neumann, Picard, Unrolled
+
+from conftest import contraction_matrix
 
 D = torch.float64
 FORWARD = Picard(tol=1e-13, max_iter=2000)

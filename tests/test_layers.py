@@ -9,7 +9,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fpnets
-from conftest import contraction_matrix
 from fpnets import FixedPointLayer, Picard, jacobian_penalty
 from fpnets.layers import (
     Contraction,
@@ -20,6 +19,8 @@ from fpnets.layers import (
     lipschitz_estimate,
     reference_rescale_,
 )
+
+from conftest import contraction_matrix
 
 D = torch.float64
 

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import fpnets
-from conftest import contraction_matrix
 from fpnets import Anderson, FixedPointLayer, Picard
+
+from conftest import contraction_matrix
 
 SOLVERS = {
     "picard": lambda tol, cap: Picard(tol=tol, max_iter=cap),
