@@ -229,7 +229,8 @@ def test_process_settings_are_restored(splits, tmp_path: Path) -> None:
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, det)
 
 
-def test_progress_bar_does_not_print_to_stdout(splits, tmp_path: Path, capsys) -> None:
+def test_progress_bar_does_not_print_to_stdout(splits, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm draws only on a terminal
     train(tiny("train.epochs=1", "run.plots=false"), run_dir=tmp_path / "run", splits=splits, progress=True)
     out, err = capsys.readouterr()
     assert out == ""
@@ -341,3 +342,41 @@ def test_data_parallel_two_processes(tmp_path: Path) -> None:
     rank0 = load_file(str(tmp_path / "digits-rank0.safetensors"))
     best = load_checkpoint(tmp_path / "digits", "best").model
     assert all(torch.equal(best[k], rank0[k]) for k in best)
+
+
+def test_tensorboard_when_available(splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    calls: list[tuple] = []
+
+    class FakeWriter:
+        def __init__(self, log_dir: str) -> None:
+            calls.append(("init", log_dir))
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            calls.append((tag, step))
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            calls.append(("close",))
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = FakeWriter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    train(
+        tiny("train.epochs=2", "run.tensorboard=true", "run.plots=false"),
+        run_dir=tmp_path / "r",
+        splits=splits,
+        progress=False,
+    )
+    assert calls[0] == ("init", str(tmp_path / "r" / "tensorboard")) and calls[-1] == ("close",)
+    tags = {c for c in calls if len(c) == 2 and c[0] != "init"}
+    assert {("loss/train", 1), ("acc/val", 2), ("iters/train", 2), ("run/lr", 1)} <= tags
+
+
+def test_runs_without_tqdm(splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    train(tiny("train.epochs=1", "run.plots=false"), run_dir=tmp_path / "r", splits=splits, progress=True)
+    assert capsys.readouterr() == ("", "")

@@ -230,7 +230,8 @@ def _progress(iterable: Iterable, *, enabled: bool, total: int, desc: str) -> An
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
+    # disable=None: no bar when stderr is not a terminal (log files stay readable)
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, unit="batch", disable=None)
 
 
 def _better(record: Mapping[str, Any], best: Mapping[str, Any] | None, select: str) -> bool:
@@ -543,7 +544,7 @@ class _Trainer:
                     rt.sync_parameters(self.net)
                 meter.add(loss, logits, y, self.net)
                 self.step += 1
-                if bar is not None and (b % 5 == 0 or b == total - 1):
+                if bar is not None and not bar.disable and (b % 5 == 0 or b == total - 1):
                     s = _Meter.summary(meter.totals())
                     dt = time.perf_counter() - t0 + elapsed
                     post = {"loss": f"{s['loss']:.3f}", "acc": f"{100 * s['acc']:.1f}%"}
@@ -617,6 +618,10 @@ class _Trainer:
             self.splits = load_data(cfg, self.data_dir)
         self._build(ckpt)  # before the run directory exists: a data or model error leaves nothing behind
         self.run_dir = self._prepare_run_dir()
+        if self.resume is not None:
+            log.info("resuming %s from epoch %d (step %d)", self.run_dir, self.start_epoch, self.step)
+        else:
+            log.info("new run in %s", self.run_dir)
         self._write_run_files()
         if self.on_start is not None:
             self.on_start(
