@@ -539,9 +539,9 @@ class _Trainer:
                 if cfg.optim.grad_clip > 0:
                     nn.utils.clip_grad_norm_(self.net.parameters(), cfg.optim.grad_clip)
                 self.optimizer.step()
+                # under DDP every rank calls this: the models average their Lipschitz estimate over
+                # the processes, so the replicas stay identical
                 self.net.after_optimizer_step()
-                if rt.distributed:  # the Lipschitz rescaling depends on each rank's batch: keep rank 0's
-                    rt.sync_parameters(self.net)
                 meter.add(loss, logits, y, self.net)
                 self.step += 1
                 if bar is not None and not bar.disable and (b % 5 == 0 or b == total - 1):

@@ -92,9 +92,6 @@ class Runtime:
                     t.copy_(flat[offset : offset + n].view_as(t))
                     offset += n
 
-    def sync_parameters(self, module: nn.Module) -> None:
-        self.sync_tensors([p.data for p in module.parameters()])
-
     def sync_buffers(self, module: nn.Module) -> None:
         self.sync_tensors([b for b in module.buffers()])
 
