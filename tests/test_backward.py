@@ -246,3 +246,23 @@ def test_unrolled_gradient_of_a_fixed_depth_solve_passes_gradcheck(solver) -> No
     x = torch.randn(3, 3, dtype=D, requires_grad=True)
     w = op.w.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(fn, (x, w))
+
+
+@pytest.mark.parametrize(
+    "backward", [JFB(), Neumann(3), IFT(Anderson(tol=1e-13, max_iter=300, relative=True))]
+)
+def test_whole_batch_solve_reuses_its_last_evaluation_for_the_gradient(backward) -> None:
+    op = TanhOperator(5, 3)
+    x = torch.randn(4, 3, dtype=D, requires_grad=True)
+    calls = {"n": 0}
+
+    def f(z: torch.Tensor) -> torch.Tensor:  # a closure: evaluated on the whole batch
+        calls["n"] += 1
+        return op(z, x)
+
+    sol = fpnets.fixed_point(f, torch.zeros(4, 5, dtype=D), solver=FORWARD, backward=backward)
+    assert calls["n"] == sol.evaluations  # no extra application of T for the gradient
+    grads = torch.autograd.grad(_loss(sol.value), [*op.parameters(), x])
+    _, reference = _grads(op, x, backward)  # the subset path, which applies T once more
+    for got, want in zip(grads, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

@@ -66,11 +66,22 @@ def fixed_point(
         raw = solve(f, z0, solver, args=args, full_batch=full_batch, trace=trace)
         value = raw.value
     else:
+        grad = torch.is_grad_enabled()
         with torch.no_grad():
-            raw = solve(f, z0, solver, args=args, full_batch=full_batch, trace=trace)
+            # with a whole-batch solve the last evaluation is T(u*) itself: keep its graph
+            raw = solve(
+                f,
+                z0,
+                solver,
+                args=args,
+                full_batch=full_batch,
+                trace=trace,
+                carry=grad and full_batch,
+                carry_input_grad=backward.needs_input_grad,
+            )
         value = raw.value
-        if torch.is_grad_enabled():
-            value = backward.attach(lambda z: f(z, *args), value)
+        if grad:
+            value = backward.attach(lambda z: f(z, *args), value, raw.carrier)
     sol = Solution(
         value=value,
         iterations=raw.iterations,

@@ -30,6 +30,7 @@ class RawSolve:
     converged: Tensor  # (B,) bool
     trace: Tensor | None  # (K, B)
     evaluations: int
+    carrier: tuple[Tensor, Tensor] | None = None  # (u, T(u)) with a graph, u equal to value
 
     @property
     def status(self) -> Status:
@@ -74,6 +75,8 @@ def solve(
     full_batch: bool = True,
     trace: bool = False,
     what: str = "T",
+    carry: bool = False,
+    carry_input_grad: bool = False,
 ) -> RawSolve:
     """Iterate u ← solver.update(u, T(u)) from z0, per sample, until the tolerance or the cap.
 
@@ -86,8 +89,13 @@ def solve(
             ``f`` is a closure whose batch cannot be sliced); otherwise only on the active rows.
         trace: record the residual of every sample after every evaluation.
         what: name of the map in error messages.
+        carry: with ``full_batch``, evaluate T with an autograd graph (of that one application,
+            on a detached copy of its input) and return the last one as ``carrier``: it is T(u*)
+            for the whole batch, so a backward mode needs no extra application of T.
+        carry_input_grad: the carrier's input requires grad (for modes that need ∂T/∂u).
 
-    The autograd mode is the caller's: under ``torch.no_grad()`` this builds no graph.
+    Apart from ``carry``, the autograd mode is the caller's: under ``torch.no_grad()`` this builds
+    no graph.
     """
     if z0.dim() == 0:
         raise ValueError("z0 must have a batch dimension first, got a 0-dimensional tensor")
@@ -95,7 +103,22 @@ def solve(
     if batch == 0:
         raise ValueError(f"z0 has an empty batch (shape {tuple(z0.shape)}); pass at least one sample")
     device = z0.device
-    fz = f(z0, *args)
+    carry = carry and full_batch
+    carrier: tuple[Tensor, Tensor] | None = None
+
+    def full(u: Tensor) -> Tensor:
+        nonlocal carrier
+        if not carry:
+            return f(u, *args)
+        u_in = u.detach().clone().requires_grad_(carry_input_grad)
+        with torch.enable_grad():
+            y = f(u_in, *args)
+        if not isinstance(y, Tensor):
+            return y  # check_image reports it
+        carrier = (u_in, y)
+        return y.detach()
+
+    fz = full(z0)
     check_image(z0, fz, f"{what}(z0)")
     evaluations = 1
     tol = solver.tol
@@ -142,13 +165,12 @@ def solve(
                 idx = torch.nonzero(keep).squeeze(1)
                 act_args = [_rows(a, idx) for a in act_args]
         z, state = solver.update(z, fz, state, k)
-        if full_batch:
-            if rows.numel() == batch:
-                fz = f(z, *args)
-            else:
-                fz = f(_put(out_z, rows, z), *args).index_select(0, rows)
-        else:
+        if not full_batch:
             fz = f(z, *act_args)
+        elif rows.numel() == batch:
+            fz = full(z)
+        else:  # frozen rows held at their final values
+            fz = full(_put(out_z, rows, z)).index_select(0, rows)
         evaluations += 1
         k += 1
         r_act = solver.residual(z, fz)
@@ -159,4 +181,5 @@ def solve(
         converged=converged,
         trace=torch.stack(history) if trace else None,
         evaluations=evaluations,
+        carrier=carrier,
     )

@@ -46,6 +46,7 @@ def carry_gradient(value: Tensor, carrier: Tensor) -> Tensor:
 
 
 AdjointMap = Callable[[Tensor, Tensor, Tensor], Tensor]
+Carrier = tuple[Tensor, Tensor]
 
 
 class _Adjoint(torch.autograd.Function):
@@ -78,8 +79,15 @@ class Backward:
     records_forward: bool = False
     """True when the forward solve itself must record the autograd graph (Unrolled)."""
 
-    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor) -> Tensor:
-        """Return u* carrying this mode's gradient; ``f`` is T on the whole batch."""
+    needs_input_grad: bool = True
+    """Whether the mode needs ∂T/∂u (vector–Jacobian products with respect to u)."""
+
+    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None = None) -> Tensor:
+        """Return u* carrying this mode's gradient; ``f`` is T on the whole batch.
+
+        ``carrier``, when the solve kept it, is (u, T(u)) with T's graph and u equal to u*; its u
+        requires grad when :attr:`needs_input_grad`. Without it the mode applies T once itself.
+        """
         raise NotImplementedError
 
 
@@ -87,8 +95,11 @@ class Backward:
 class JFB(Backward):
     """Jacobian-free backprop: backpropagate through T(u*) with u* treated as a constant."""
 
-    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor) -> Tensor:
-        return carry_gradient(z_star, f(z_star.detach()))
+    needs_input_grad = False
+
+    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None = None) -> Tensor:
+        y = f(z_star.detach()) if carrier is None else carrier[1]
+        return carry_gradient(z_star, y)
 
 
 @dataclass(frozen=True)
@@ -97,11 +108,13 @@ class Unrolled(Backward):
 
     records_forward = True
 
-    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor) -> Tensor:
+    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None = None) -> Tensor:
         return z_star
 
 
-def _vjp_graph(f: Callable[[Tensor], Tensor], z_star: Tensor) -> tuple[Tensor, Tensor]:
+def _vjp_graph(f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None) -> Carrier:
+    if carrier is not None:
+        return carrier
     z = z_star.detach().requires_grad_()
     return z, f(z)
 
@@ -125,8 +138,8 @@ class Neumann(Backward):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
             raise ValueError(f"Neumann: k must be an integer >= 0, got {self.k!r}")
 
-    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor) -> Tensor:
-        z, y = _vjp_graph(f, z_star)
+    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None = None) -> Tensor:
+        z, y = _vjp_graph(f, z_star, carrier)
         return carry_adjoint(z_star, y, z, self.series)
 
     def series(self, y: Tensor, z: Tensor, g: Tensor) -> Tensor:
@@ -189,8 +202,8 @@ class IFT(Backward):
                 f"got {type(self.solver).__name__}"
             )
 
-    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor) -> Tensor:
-        z, y = _vjp_graph(f, z_star)
+    def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None = None) -> Tensor:
+        z, y = _vjp_graph(f, z_star, carrier)
         return carry_adjoint(z_star, y, z, self.adjoint)
 
     def adjoint(self, y: Tensor, z: Tensor, g: Tensor) -> Tensor:
