@@ -54,7 +54,7 @@ def build_operator(kind: str, checkpoint: str | None, gamma: float) -> nn.Module
             for p in op.parameters():
                 p.mul_(10.0)
         return op
-    from fpnets.models import build_model, load_reference_checkpoint  # noqa: PLC0415
+    from fpnets.models import build_model, load_reference_checkpoint
 
     if checkpoint:
         model, _ = load_reference_checkpoint(checkpoint)
@@ -71,11 +71,15 @@ def solve_fpnets(op: Counted, x: Tensor, solver: fpnets.Solver) -> tuple[Tensor,
     return sol.value, sol.iterations.float()
 
 
-def solve_torchdeq(op: Counted, x: Tensor, name: str, tol: float, max_iter: int, m: int) -> tuple[Tensor, Tensor]:
-    from torchdeq.solver import get_solver  # noqa: PLC0415
+def solve_torchdeq(
+    op: Counted, x: Tensor, name: str, tol: float, max_iter: int, m: int
+) -> tuple[Tensor, Tensor]:
+    from torchdeq.solver import get_solver
 
     solver = get_solver(name)
-    z, _, info = solver(lambda z: op(z, x), torch.zeros_like(x), max_iter=max_iter, tol=tol, stop_mode="abs", m=m)
+    z, _, _ = solver(
+        lambda z: op(z, x), torch.zeros_like(x), max_iter=max_iter, tol=tol, stop_mode="abs", m=m
+    )
     return z, torch.full((x.shape[0],), float(op.calls))
 
 
@@ -104,22 +108,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     methods: dict[str, Callable[[], tuple[Tensor, Tensor]]] = {
         "fpnets Picard": lambda: solve_fpnets(op, x, Picard(tol=args.tol, max_iter=args.max_iter)),
-        "fpnets Anderson": lambda: solve_fpnets(op, x, Anderson(tol=args.tol, max_iter=args.max_iter, m=args.m)),
+        "fpnets Anderson": lambda: solve_fpnets(
+            op, x, Anderson(tol=args.tol, max_iter=args.max_iter, m=args.m)
+        ),
     }
     try:
-        import torchdeq  # noqa: F401, PLC0415
+        import torchdeq  # noqa: F401
 
         methods["TorchDEQ fixed_point_iter"] = lambda: solve_torchdeq(
             op, x, "fixed_point_iter", args.tol, args.max_iter, args.m
         )
-        methods["TorchDEQ anderson"] = lambda: solve_torchdeq(op, x, "anderson", args.tol, args.max_iter, args.m)
+        methods["TorchDEQ anderson"] = lambda: solve_torchdeq(
+            op, x, "anderson", args.tol, args.max_iter, args.m
+        )
     except ImportError:
         pass
 
     times: dict[str, list[float]] = {k: [] for k in methods}
     stats: dict[str, dict] = {}
     with torch.no_grad():
-        for name, run in methods.items():  # warm-up
+        for run in methods.values():  # warm-up
             run()
         for _ in range(args.repeats):
             for name, run in methods.items():
@@ -138,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name in methods:
         med = statistics.median(times[name])
-        rows.append({"method": name, "median_ms": 1e3 * med, "ratio_to_fpnets_picard": med / base, **stats[name]})
+        rows.append(
+            {"method": name, "median_ms": 1e3 * med, "ratio_to_fpnets_picard": med / base, **stats[name]}
+        )
     out = {
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
         "args": vars(args),

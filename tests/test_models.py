@@ -169,8 +169,9 @@ def test_latent_batchnorm_statistics_update_at_every_iteration_in_training() -> 
     model(inputs(model, batch=4))
     sol = model.solution
     assert sol is not None
-    # every evaluation of R in the solve, plus the one that attaches the JFB gradient
-    assert int(bn.num_batches_tracked) - before == sol.evaluations + 1
+    # every evaluation of R in the solve; the last one (T(u*) for the whole batch) also carries the
+    # JFB gradient, so no extra application is made
+    assert int(bn.num_batches_tracked) - before == sol.evaluations
 
 
 def test_jacobian_variant_has_no_batchnorm_in_T() -> None:
@@ -405,3 +406,35 @@ def test_reference_rule_keeps_data_parallel_replicas_identical(tmp_path: Path) -
     assert a["ratio"] == b["ratio"] > 0.5
     for key, value in a["state"].items():
         assert torch.equal(value, b["state"][key]), key
+
+
+def _train_steps(lipschitz: str, steps: int, **options) -> tuple[FixedPointNetwork, list]:
+    torch.manual_seed(11)
+    model = build_model("digits", "fpn", lipschitz=lipschitz, **options).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ratios = []
+    for i in range(steps):
+        g = torch.Generator().manual_seed(i)
+        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x), y)  # dropout draws from the global RNG
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ratios.append(model.after_optimizer_step())
+    return model, ratios
+
+
+def test_a_probe_that_does_not_rescale_leaves_training_unchanged() -> None:
+    probed, ratios = _train_steps("reference", 6)
+    plain, _ = _train_steps("none", 6)
+    assert all(r is not None and r < probed.gamma for r in ratios)  # measured, never rescaled
+    assert probed.rescales == 0
+    for (name, a), b in zip(probed.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_lipschitz_every_k_steps() -> None:
+    _, ratios = _train_steps("reference", 7, lipschitz_every=3)
+    assert [r is not None for r in ratios] == [True, False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="lipschitz_every must be a positive integer"):
+        build_model("digits", "fpn", lipschitz_every=0)

@@ -27,6 +27,7 @@ def fixed_point(
     throw: bool = False,
     warn: bool = True,
     trace: bool = False,
+    f_solve: Callable[..., Tensor] | None = None,
 ) -> Solution:
     """Solve u* = T(u*) from u = z0 and attach the gradient chosen by ``backward``.
 
@@ -46,6 +47,9 @@ def fixed_point(
         throw: raise :class:`~fpnets.ConvergenceError` when a sample misses the tolerance.
         warn: otherwise emit one :class:`~fpnets.ConvergenceWarning` per non-converged solve.
         trace: keep the residual history in ``Solution.trace``.
+        f_solve: the same map in a form only used for the graph-free solve, typically
+            ``torch.compile(f)`` (compiled code runs fastest without autograd on CPU); the gradient
+            is then attached with ``f``, at the cost of one more application of T.
 
     Returns:
         a :class:`~fpnets.Solution`; ``value`` carries the gradient. A NaN or Inf in an iterate
@@ -62,6 +66,7 @@ def fixed_point(
     if not isinstance(z0, Tensor):
         raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
     full_batch = bool(coupled) or not args
+    solve_map = f if f_solve is None else _detaching(f_solve)
     if backward.records_forward and torch.is_grad_enabled():
         raw = solve(f, z0, solver, args=args, full_batch=full_batch, trace=trace)
         value = raw.value
@@ -70,13 +75,13 @@ def fixed_point(
         with torch.no_grad():
             # with a whole-batch solve the last evaluation is T(u*) itself: keep its graph
             raw = solve(
-                f,
+                solve_map,
                 z0,
                 solver,
                 args=args,
                 full_batch=full_batch,
                 trace=trace,
-                carry=grad and full_batch,
+                carry=grad and full_batch and f_solve is None,
                 carry_input_grad=backward.needs_input_grad,
             )
         value = raw.value
@@ -101,6 +106,15 @@ def fixed_point(
     return sol
 
 
+def _detaching(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """f with its tensor arguments detached (a graph-free solve has no use for their graphs)."""
+
+    def call(z: Tensor, *args: Any) -> Tensor:
+        return f(z, *(a.detach() if isinstance(a, Tensor) else a for a in args))
+
+    return call
+
+
 def couples_samples(module: nn.Module) -> bool:
     """True when ``module`` mixes the samples of a batch: a BatchNorm layer using batch statistics."""
     return any(
@@ -120,6 +134,10 @@ class FixedPointLayer(nn.Module):
         solver, backward, throw, warn, trace: as in :func:`fixed_point`.
         coupled: whether the operator couples samples; ``None`` (default) decides per call: True
             while any BatchNorm inside uses batch statistics (training mode), else False.
+        compile: run the graph-free forward iterations through ``torch.compile(operator)``
+            (compiled lazily on first use; the gradient application stays eager). On CPU this
+            roughly halves the cost of an iteration of a small conv operator, after a compile of
+            tens of seconds per mode (train/eval) and batch-size regime.
     """
 
     def __init__(
@@ -132,9 +150,12 @@ class FixedPointLayer(nn.Module):
         throw: bool = False,
         warn: bool = True,
         trace: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.operator = operator
+        self.compile_solve = compile
+        self._compiled: Callable[..., Tensor] | None = None
         self.solver = Picard() if solver is None else solver
         self.backward_mode = JFB() if backward is None else backward
         self.coupled = coupled
@@ -161,9 +182,17 @@ class FixedPointLayer(nn.Module):
                 throw=self.throw,
                 warn=self.warn,
                 trace=self.trace,
+                f_solve=self._solve_map(),
             )
         self.solution = sol.detached()
         return sol.value
+
+    def _solve_map(self) -> Callable[..., Tensor] | None:
+        if not self.compile_solve:
+            return None
+        if self._compiled is None:  # kept off the module tree: no duplicate parameters
+            self._compiled = torch.compile(self.operator)
+        return self._compiled
 
     def extra_repr(self) -> str:
         return f"solver={self.solver!r}, backward={self.backward_mode!r}"

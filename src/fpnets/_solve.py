@@ -56,7 +56,8 @@ def check_image(z0: Tensor, fz0: Tensor, what: str = "T(z0)") -> None:
 
 
 def _rows(x: Any, rows: Tensor) -> Any:
-    return x.index_select(0, rows) if isinstance(x, Tensor) else x
+    # advanced indexing keeps the memory format (channels_last), index_select does not
+    return x[rows] if isinstance(x, Tensor) else x
 
 
 def _put(buf: Tensor, rows: Tensor, values: Tensor) -> Tensor:
@@ -162,15 +163,14 @@ def solve(
             z, fz, r_act = z[keep], fz[keep], r_act[keep]
             state = tuple(s[keep] for s in state)
             if not full_batch:
-                idx = torch.nonzero(keep).squeeze(1)
-                act_args = [_rows(a, idx) for a in act_args]
+                act_args = [_rows(a, keep) for a in act_args]
         z, state = solver.update(z, fz, state, k)
         if not full_batch:
             fz = f(z, *act_args)
         elif rows.numel() == batch:
             fz = full(z)
         else:  # frozen rows held at their final values
-            fz = full(_put(out_z, rows, z)).index_select(0, rows)
+            fz = full(_put(out_z, rows, z))[rows]
         evaluations += 1
         k += 1
         r_act = solver.residual(z, fz)

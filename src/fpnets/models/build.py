@@ -66,6 +66,9 @@ def build_model(arch: str, variant: str = "fpn", **options: Any) -> FixedPointNe
             ``model.after_optimizer_step()``) or "none". Default: "reference" for "fpn" and
             "jacobian"; "none" for "explicit" (the reference applies the rule in its implicit forward
             only) and "contractive" (contractive by construction).
+        lipschitz_every: run the reference rule after every k-th optimizer step only (default 1).
+        compile: run the graph-free forward iterations of R through ``torch.compile`` (default
+            False; see :class:`fpnets.FixedPointLayer`).
         warn: emit a ConvergenceWarning when a forward solve hits its cap (default False: expected
             in training at tol 0.1 / 50 iterations; read ``model.solution`` instead).
         gamma, latent_blocks, in_channels, num_classes, dropout, negative_slope, tol, max_iter,
@@ -88,6 +91,10 @@ def build_model(arch: str, variant: str = "fpn", **options: Any) -> FixedPointNe
     backward_spec = options.pop("backward", None)
     lipschitz = options.pop("lipschitz", "reference" if variant in ("fpn", "jacobian") else "none")
     warn = options.pop("warn", False)
+    lipschitz_every = options.pop("lipschitz_every", 1)
+    compile_solve = options.pop("compile", False)
+    if not isinstance(compile_solve, bool):
+        raise ValueError(f"compile must be True or False, got {compile_solve!r}")
     if lipschitz not in LIPSCHITZ_MODES:
         raise ValueError(f"unknown lipschitz mode {lipschitz!r}; valid modes: {', '.join(LIPSCHITZ_MODES)}")
     if not isinstance(warn, bool):
@@ -112,4 +119,6 @@ def build_model(arch: str, variant: str = "fpn", **options: Any) -> FixedPointNe
         backward=make_model_backward(backward_spec, cfg, variant),
         lipschitz=lipschitz,
         warn=warn,
+        lipschitz_every=lipschitz_every,
+        compile=compile_solve,
     )

@@ -134,6 +134,8 @@ class RunConfig:
     """torch intra-op threads; 0 = torch's default."""
     deterministic: bool = True
     """``torch.use_deterministic_algorithms(True)`` while training on CPU."""
+    channels_last: bool = True
+    """Channels-last (NHWC) weights and activations: same values, faster convolutions on CPU."""
     progress: bool = True
     tensorboard: bool = True
     """Write TensorBoard events when tensorboard is installed."""

@@ -363,6 +363,8 @@ class _Trainer:
         cfg, rt = self.cfg, self.rt
         seed_all(cfg.train.seed)
         model = build_network(cfg, self.splits.info).to(device=rt.device, dtype=rt.dtype)
+        if cfg.run.channels_last and hasattr(model, "channels_last_"):
+            model.channels_last_()
         self.net = model
         params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -772,6 +774,8 @@ def evaluate_checkpoint(
     if splits is None:
         splits = load_data(config, data_dir)
     model = build_network(config, splits.info).to(device=dev, dtype=dt)
+    if config.run.channels_last and hasattr(model, "channels_last_"):
+        model.channels_last_()
     model.load_state_dict(ckpt.model)
     from ..data import BatchLoader
 
