@@ -418,6 +418,9 @@ class _Trainer:
         if self.scheduler is not None and meta.get("scheduler"):
             self.scheduler.load_state_dict(meta["scheduler"])
         self.history = list(meta.get("history", []))
+        model = _unwrap(self.net)
+        if self.history and self.history[-1].get("rescales") is not None and hasattr(model, "rescales"):
+            model.rescales = int(self.history[-1]["rescales"])
         self.best = meta.get("best")
         self.bad_epochs = int(meta.get("bad_epochs", 0))
         self.stopped_early = bool(meta.get("stopped_early", False))
@@ -595,6 +598,8 @@ class _Trainer:
             "val_iters": val["iters"],
             "samples_per_s": out["samples"] / max(out["time"], 1e-9),
             "epoch_s": time.perf_counter() - t_epoch,
+            # how often the reference Lipschitz rule has rescaled R so far (None: no such rule)
+            "rescales": getattr(_unwrap(self.net), "rescales", None),
         }
         is_best = _better(record, self.best, cfg.train.select)
         if is_best:

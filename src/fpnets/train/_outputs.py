@@ -23,6 +23,7 @@ COLUMNS = (
     "val_iters",
     "samples_per_s",
     "epoch_s",
+    "rescales",
 )
 """Columns of ``metrics.csv``, one row per epoch (iterations: mean forward solver depth, empty for
 models without a solve; accuracies are fractions)."""

@@ -1,0 +1,201 @@
+"""Time per training step of the MNIST FPN, from a straight port of the reference to fpnets' fast path.
+
+Every configuration trains its own copy of the same network (same initial weights, same batches,
+batch 100, Adam 2e-4, tolerance 0.1 on the reference's stopping norm, at most 50 iterations) and
+the configurations take turns step by step, so load on the machine spreads evenly over them; each
+figure is a median over ``--steps`` timed steps after ``--warmup`` steps. The configurations add
+one change at a time:
+
+- ``port``: the paper's algorithm as the reference runs it, in fpnets: NCHW tensors, the reference
+  Lipschitz probe after every step. (The reference also computes the encoder twice per step; fpnets
+  never does, so that saving is in every row.)
+- ``channels_last``: NHWC memory layout (oneDNN convolutions about 2× faster on this CPU).
+- ``probe/25``: the Lipschitz probe every 25 steps; a probe that does not rescale leaves training
+  bitwise unchanged (tests/test_models.py), and on MNIST it does not rescale (column ``rescales``).
+- ``compiled``: the graph-free forward iterations through ``torch.compile``.
+- ``anderson``: Anderson acceleration (m=5) instead of Picard.
+
+With ``--trajectory-steps N`` each configuration is then trained N steps more (sequentially) and
+its validation accuracy recorded every N/5 steps, to show the accuracy trajectory is unchanged.
+
+    python benchmarks/train_step.py --data-dir ../shared/data/mnist --blocks 1 --gamma 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fpnets.data import BatchLoader, load_splits
+from fpnets.models import build_model
+
+from common import RESULTS, alternate, command_line, environment, markdown_table, median, write_json
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "port": {"channels_last": False, "lipschitz_every": 1},
+    "channels_last": {"channels_last": True, "lipschitz_every": 1},
+    "probe/25": {"channels_last": True, "lipschitz_every": 25},
+    "compiled": {"channels_last": True, "lipschitz_every": 25, "compile": True},
+    "anderson": {"channels_last": True, "lipschitz_every": 25, "compile": True, "solver": "anderson"},
+}
+
+
+class Trainer:
+    """One configuration: model, optimizer, and an endless stream of training batches."""
+
+    def __init__(self, name: str, cfg: dict[str, Any], args: argparse.Namespace, splits: Any) -> None:
+        torch.manual_seed(args.seed)
+        opts: dict[str, Any] = {"latent_blocks": args.blocks, "gamma": args.gamma}
+        opts["lipschitz_every"] = cfg["lipschitz_every"]
+        opts["compile"] = cfg.get("compile", False)
+        if "solver" in cfg:
+            opts["solver"] = {"name": cfg["solver"]}
+        self.name = name
+        self.model = build_model("mnist", args.variant, **opts)
+        if cfg["channels_last"]:
+            self.model.channels_last_()
+        self.model.train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=2e-4, weight_decay=1e-6)
+        self.loader = BatchLoader(
+            splits.train, batch_size=100, shuffle=True, seed=args.seed, normalize=splits.info
+        )
+        self.epoch = 0
+        self.batches = iter(self.loader)
+        self.depths: list[float] = []
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.epoch += 1
+            self.loader.set_epoch(self.epoch)
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def step(self) -> None:
+        x, y = self.next_batch()
+        loss = F.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.model.after_optimizer_step()
+        if self.model.solution is not None:
+            self.depths.append(float(self.model.solution.iterations.float().mean()))
+
+    @torch.no_grad()
+    def val_accuracy(self, loader: BatchLoader) -> float:
+        self.model.eval()
+        correct = total = 0
+        for x, y in loader:
+            correct += int((self.model(x).argmax(1) == y).sum())
+            total += y.numel()
+        self.model.train()
+        return 100.0 * correct / total
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True, help="folder with the MNIST IDX files")
+    p.add_argument("--blocks", type=int, default=1, help="latent blocks (reference checkpoint: 1; paper: 2)")
+    p.add_argument("--gamma", type=float, default=0.9)
+    p.add_argument("--variant", default="fpn")
+    p.add_argument(
+        "--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS)
+    )
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--trajectory-steps", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--reference-ms", type=float, default=90.0, help="the reference code's ms/step on this CPU"
+    )
+    p.add_argument("--json", default=str(RESULTS / "train_step.json"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        raise SystemExit(f"unknown config(s) {unknown}; valid: {', '.join(CONFIGS)}")
+    env = environment()
+    splits = load_splits("mnist", args.data_dir)
+    trainers = {n: Trainer(n, CONFIGS[n], args, splits) for n in names}
+    for t in trainers.values():
+        for _ in range(args.warmup):
+            t.step()
+        t.depths.clear()
+    times = alternate({n: t.step for n, t in trainers.items()}, args.steps)
+    base = median(times[names[0]])
+    rows, out_rows = [], []
+    for n in names:
+        t = trainers[n]
+        ms = 1e3 * median(times[n])
+        depth = sum(t.depths) / max(len(t.depths), 1)
+        speedup = args.reference_ms / ms
+        rows.append(
+            [
+                n,
+                f"{ms:.1f}",
+                f"{base / median(times[n]):.2f}×",
+                f"{speedup:.2f}×",
+                f"{depth:.2f}",
+                t.model.rescales,
+            ]
+        )
+        out_rows.append(
+            {
+                "config": n,
+                "settings": CONFIGS[n],
+                "median_ms": ms,
+                "all_ms": [1e3 * s for s in times[n]],
+                "mean_depth": depth,
+                "speedup_vs_port": base / median(times[n]),
+                "speedup_vs_reference": speedup,
+                "rescales": t.model.rescales,
+            }
+        )
+    header = [
+        "config",
+        "ms / step",
+        f"× vs {names[0]}",
+        f"× vs reference {args.reference_ms:g} ms",
+        "mean depth",
+        "rescales",
+    ]
+    table = markdown_table(header, rows)
+    result: dict[str, Any] = {"command": command_line(), "args": vars(args), "env": env, "rows": out_rows}
+    print(
+        f"MNIST FPN ({args.blocks} latent block(s), γ={args.gamma}), batch 100, {args.steps} alternating steps "
+        f"after {args.warmup} warm-up; {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
+        f"commit {env['commit']}, load {env['loadavg_at_start']:.2f}\n"
+    )
+    print(table)
+    if args.trajectory_steps:
+        val = BatchLoader(splits.val, batch_size=1000, normalize=splits.info)
+        every = max(args.trajectory_steps // 5, 1)
+        traj: dict[str, list[tuple[int, float]]] = {}
+        for n, t in trainers.items():
+            traj[n] = []
+            for s in range(1, args.trajectory_steps + 1):
+                t.step()
+                if s % every == 0:
+                    traj[n].append((s, t.val_accuracy(val)))
+        steps = [s for s, _ in next(iter(traj.values()))]
+        trows = [[n, *[f"{a:.2f}" for _, a in traj[n]], trainers[n].model.rescales] for n in names]
+        offset = args.warmup + args.steps
+        print(
+            "\nValidation accuracy (%) after more training steps (counted after the timed ones, "
+            f"{offset} steps in):\n"
+        )
+        print(markdown_table(["config", *[f"+{s}" for s in steps], "rescales"], trows))
+        result["trajectory"] = traj
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
