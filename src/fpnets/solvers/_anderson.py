@@ -47,8 +47,9 @@ class Anderson(Solver):
         g = (fz - z).reshape(batch, -1)  # (B, n)
         hist_f = _write(hist_f, slot, fz.reshape(batch, -1))
         hist_g = _write(hist_g, slot, g)
-        # only the new row and column of G Gᵀ change: (B, m_k, n) @ (B, n, 1)
-        row = torch.bmm(hist_g[:, :used], g.unsqueeze(2)).squeeze(2).double()  # (B, m_k)
+        # only the new row and column of G Gᵀ change; a multiply-and-sum is ~3× faster than bmm for
+        # these batched matrix–vector products on CPU
+        row = (hist_g[:, :used] * g.unsqueeze(1)).sum(dim=2).double()  # (B, m_k)
         gram = _write_gram(gram, slot, row)
         if used == 1:
             alpha = z.new_ones(batch, 1)
