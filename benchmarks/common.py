@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,201 @@ def saved_tensor_bytes() -> tuple[Callable[[], int], Any]:
 
     ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     return (lambda: total[0]), ctx
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting helpers (backward_modes.py, memory_depth.py, torchdeq_compare.py)
+
+
+def mib(nbytes: float | None) -> float | None:
+    """Bytes to MiB (None stays None)."""
+    return None if nbytes is None else nbytes / 2**20
+
+
+_GRAD_DEPTH = [0]  # > 0 while a counted torch.autograd.grad call runs
+
+
+class CallCounter:
+    """Counts the calls of a module through a forward hook, while installed.
+
+    ``calls``: batched calls; ``samples``: the batch sizes of those calls summed (per-sample
+    evaluations); ``graph_calls``: calls whose output was recorded with an autograd graph;
+    ``backprops``: gradients that reached such an output through ordinary backpropagation
+    (``loss.backward()``), i.e. backward passes through one recorded application of the module;
+    gradients taken inside a :class:`GradCallCounter`-counted ``torch.autograd.grad`` call are
+    counted there instead. ``phase`` (set by the caller, e.g. "forward"/"backward") splits
+    ``calls`` in ``by_phase``. Use as a context manager; the hook is removed on exit, so timed runs
+    carry no hook.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.handle: Any = None
+        self.phase = "forward"
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.samples = 0
+        self.graph_calls = 0
+        self.backprops = 0
+        self.by_phase: dict[str, int] = {}
+
+    def _backprop(self, grad: torch.Tensor) -> None:
+        if _GRAD_DEPTH[0] == 0:
+            self.backprops += 1
+
+    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.calls += 1
+        self.by_phase[self.phase] = self.by_phase.get(self.phase, 0) + 1
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
+            self.samples += int(args[0].shape[0])
+        if isinstance(output, torch.Tensor) and output.requires_grad and torch.is_grad_enabled():
+            self.graph_calls += 1
+            output.register_hook(self._backprop)
+
+    def __enter__(self) -> CallCounter:
+        self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+class GradCallCounter:
+    """Counts calls of ``torch.autograd.grad`` while installed (a context manager).
+
+    Every vector–Jacobian product the backward modes of fpnets and TorchDEQ take goes through
+    ``torch.autograd.grad`` (``loss.backward()`` does not), so this counts them; ``create_graph``
+    counts the calls that record a graph of the product (CG's double-backward set-up).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.create_graph = 0
+        self._orig: Any = None
+
+    def __enter__(self) -> GradCallCounter:
+        self._orig = orig = torch.autograd.grad
+
+        def grad(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            create = kwargs.get("create_graph", args[4] if len(args) > 4 else False)
+            if create:
+                self.create_graph += 1
+            _GRAD_DEPTH[0] += 1
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                _GRAD_DEPTH[0] -= 1
+
+        torch.autograd.grad = grad  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.autograd.grad = self._orig
+
+
+def graph_nodes(t: torch.Tensor) -> int:
+    """Number of autograd nodes reachable from ``t.grad_fn`` (0 for a tensor without a graph)."""
+    root = t.grad_fn
+    if root is None:
+        return 0
+    seen = {root}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return len(seen)
+
+
+def cuda_reset_peak(device: torch.device | str) -> int | None:
+    """On CUDA: reset the peak-memory counter and return the bytes allocated now; else None."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    return torch.cuda.memory_allocated(dev)
+
+
+def cuda_peak(device: torch.device | str) -> int | None:
+    """On CUDA: ``torch.cuda.max_memory_allocated`` since the last reset; else None."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    torch.cuda.synchronize(dev)
+    return torch.cuda.max_memory_allocated(dev)
+
+
+def mnist_batches(
+    data_dir: str, count: int, batch_size: int, seed: int, device: torch.device | str = "cpu"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` normalised MNIST training batches (shuffled with ``seed``), on ``device``.
+
+    Every configuration of a benchmark steps through this same list, so all see the same batches.
+    """
+    from fpnets.data import BatchLoader, load_splits
+
+    splits = load_splits("mnist", data_dir)
+    loader = BatchLoader(splits.train, batch_size=batch_size, shuffle=True, seed=seed, normalize=splits.info)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    epoch = 0
+    while len(out) < count:
+        loader.set_epoch(epoch)
+        for d, y in loader:
+            out.append((d.to(device), y.to(device)))
+            if len(out) == count:
+                break
+        epoch += 1
+    return out
+
+
+class SavedTensors:
+    """Tensors autograd saves for backward while installed (a context manager).
+
+    ``total()``: bytes of every storage saved while installed (a storage counted once), as
+    :func:`saved_tensor_bytes`; this also counts graphs recorded and discarded on the way.
+    ``live()``: bytes of the saved storages still alive now, i.e. after the forward pass the memory
+    that autograd holds for the backward pass (plus parameters and inputs it saved, alive anyway).
+    """
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._seen: set[int] = set()
+        self._refs: list[Any] = []
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device.type != "meta":
+            key = t.untyped_storage().data_ptr()
+            if key not in self._seen:
+                self._seen.add(key)
+                self._total += t.untyped_storage().nbytes()
+            self._refs.append(weakref.ref(t))
+        return t
+
+    def total(self) -> int:
+        return self._total
+
+    def live(self) -> int:
+        gc.collect()
+        storages: dict[int, int] = {}
+        for ref in self._refs:
+            t = ref()
+            if t is not None:
+                s = t.untyped_storage()
+                storages[s.data_ptr()] = s.nbytes()
+        return sum(storages.values())
+
+    def __enter__(self) -> SavedTensors:
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
