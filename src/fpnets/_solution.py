@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -78,14 +79,4 @@ class Solution:
 
     def detached(self) -> Solution:
         """The same solution with ``value`` detached from the autograd graph."""
-        return Solution(
-            value=self.value.detach(),
-            iterations=self.iterations,
-            residual=self.residual,
-            converged=self.converged,
-            trace=self.trace,
-            status=self.status,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            evaluations=self.evaluations,
-        )
+        return dataclasses.replace(self, value=self.value.detach())
