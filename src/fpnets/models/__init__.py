@@ -16,9 +16,11 @@ from .base import (
     VARIANTS,
     ConvReadout,
     FixedPointNetwork,
+    InnerBlock,
     LatentBlock,
     LatentOperator,
     ModelConfig,
+    OuterBlock,
 )
 from .build import ARCH_TABLE, ARCHS, build_model, valid_options
 from .cifar10 import CIFAR10Config
@@ -43,10 +45,12 @@ __all__ = [
     "ConvReadout",
     "DigitsConfig",
     "FixedPointNetwork",
+    "InnerBlock",
     "LatentBlock",
     "LatentOperator",
     "MNISTConfig",
     "ModelConfig",
+    "OuterBlock",
     "SVHNConfig",
     "build_model",
     "load_reference_checkpoint",

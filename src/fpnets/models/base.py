@@ -2,9 +2,9 @@
 
 - :class:`ModelConfig`: the options of a family (each family file subclasses it with its defaults).
 - :class:`LatentOperator`: R(u, x), the latent map whose fixed point is solved for, in the two
-  forms of the paper ("mnist": z₀ = u + x, z ← BN(z + σ(σ(conv σ(conv z)))), R = γ z_L; "cifar":
-  z₀ = x + γu, z ← BN(σ(z + conv σ(conv z))), R = z_L), with or without latent BatchNorm, or
-  contractive by construction.
+  forms of the paper (MNIST/SVHN, :class:`InnerBlock`: z₀ = u + x, z ← BN(z + σ(σ(conv σ(conv z)))),
+  R = γ z_L; CIFAR-10, :class:`OuterBlock`: z₀ = x + γu, z ← BN(σ(z + conv σ(conv z))), R = z_L),
+  with or without latent BatchNorm, or contractive by construction.
 - :class:`ConvReadout`: S = Linear(dropout(σ(conv u))).
 - :class:`FixedPointNetwork`: Q, a :class:`fpnets.FixedPointLayer` around R, and S, plus the
   reference implementation's Lipschitz rule in :meth:`FixedPointNetwork.after_optimizer_step`.
@@ -111,28 +111,21 @@ class ModelConfig:
 
 
 class LatentBlock(nn.Module):
-    """One residual block of R, on (B, C, H, W) latents.
+    """One residual block of R on (B, C, H, W) latents: h = conv₂ σ(conv₁ z), then :meth:`combine`.
 
-    form "mnist": z ← N(z + σ(σ(conv₂ σ(conv₁ z))))     contractive: z ← ½ (z + σ(σ(conv₂ σ(conv₁ z))))
-    form "cifar": z ← N(σ(z + conv₂ σ(conv₁ z)))        contractive: z ← σ(½ (z + conv₂ σ(conv₁ z)))
     N is BatchNorm2d(affine=False) when ``batch_norm``, else the identity. Contractive blocks use
-    :class:`fpnets.layers.SpectralConv2d` (‖conv‖₂ ≤ 1), so they are 1-Lipschitz.
-
-    σ twice in the "mnist" form: the reference's MNIST and SVHN blocks end their conv stack with σ
-    and apply σ to its output once more, so the branch ends in σ∘σ (a LeakyReLU of slope 0.01). The
-    published checkpoints depend on it: the explicit MNIST checkpoint scores 99.29% on the MNIST
-    test set with σ∘σ (the reference's figure) and 99.27% with a single σ.
+    :class:`fpnets.layers.SpectralConv2d` (‖conv‖₂ ≤ 1) and average instead of adding (mix = ½),
+    so they are 1-Lipschitz. The two forms of the paper are the subclasses :class:`InnerBlock`
+    and :class:`OuterBlock`.
     """
 
-    def __init__(
-        self, channels: int, *, form: str, batch_norm: bool, contractive: bool, negative_slope: float
-    ) -> None:
+    def __init__(self, channels: int, *, batch_norm: bool, contractive: bool, negative_slope: float) -> None:
         super().__init__()
         if contractive and batch_norm:
             raise ValueError("LatentBlock: a contractive block cannot hold BatchNorm")
-        self.form = form
         self.contractive = contractive
         self.negative_slope = negative_slope
+        self.mix = 0.5 if contractive else 1.0  # z + h, or ½(z + h) for a 1-Lipschitz block
         if contractive:
             self.conv1: nn.Module = SpectralConv2d(channels, channels, 3, padding=1)
             self.conv2: nn.Module = SpectralConv2d(channels, channels, 3, padding=1)
@@ -141,23 +134,43 @@ class LatentBlock(nn.Module):
             self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.norm = nn.BatchNorm2d(channels, affine=False) if batch_norm else nn.Identity()
 
+    def combine(self, z: Tensor, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, z: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        h = self.conv2(F.leaky_relu(self.conv1(z), self.negative_slope))  # (B, C, H, W)
+        return self.norm(self.combine(z, h))
+
+
+class InnerBlock(LatentBlock):
+    """The MNIST/SVHN form: z ← N(z + σ(σ(h))) (contractive: N = id, ½ (z + σ(σ(h)))).
+
+    σ twice: the reference's MNIST and SVHN blocks end their conv stack with σ and apply σ to its
+    output once more, so the branch ends in σ∘σ (a LeakyReLU of slope 0.01). The published
+    checkpoints depend on it: the explicit MNIST checkpoint scores 99.29% on the MNIST test set with
+    σ∘σ (the reference's figure) and 99.27% with a single σ.
+    """
+
+    def combine(self, z: Tensor, h: Tensor) -> Tensor:
         s = self.negative_slope
-        h = self.conv2(F.leaky_relu(self.conv1(z), s))  # (B, C, H, W)
-        if self.form == "mnist":
-            h = F.leaky_relu(F.leaky_relu(h, s), s)  # σ∘σ, as in the reference
-            z = 0.5 * (z + h) if self.contractive else z + h
-        else:
-            z = F.leaky_relu(0.5 * (z + h) if self.contractive else z + h, s)
-        return self.norm(z)
+        h = F.leaky_relu(F.leaky_relu(h, s), s)  # σ∘σ, as in the reference
+        return z + h if self.mix == 1.0 else self.mix * (z + h)
+
+
+class OuterBlock(LatentBlock):
+    """The CIFAR-10 form: z ← N(σ(z + h)) (contractive: N = id, σ(½ (z + h)))."""
+
+    def combine(self, z: Tensor, h: Tensor) -> Tensor:
+        return F.leaky_relu(z + h if self.mix == 1.0 else self.mix * (z + h), self.negative_slope)
 
 
 class LatentOperator(nn.Module):
     """R(u, x) with x = Q(d): the operator T(u; d) whose fixed point the network computes.
 
-    form "mnist" (MNIST, SVHN, CIFAR-10 unaugmented, digits): z₀ = u + x, blocks, R = γ z_L.
-    form "cifar" (CIFAR-10 augmented): z₀ = x + γ u, blocks, R = z_L.
-    With ``contractive`` blocks (1-Lipschitz), Lip_u(R) ≤ γ for every parameter value.
+    z₀ = a·u + x, then the blocks, then R = b·z_L, with (a, b) = (1, γ) when ``gamma_on_input`` is
+    False (MNIST, SVHN, CIFAR-10 unaugmented, digits: :class:`InnerBlock`) and (γ, 1) when True
+    (CIFAR-10 augmented: :class:`OuterBlock`). With contractive blocks (1-Lipschitz),
+    Lip_u(R) ≤ γ for every parameter value.
 
     Latent BatchNorm (``batch_norm``) in training mode normalises with batch statistics, so R
     couples the samples of a batch (the fixed-point layer then iterates the whole batch), and its
@@ -171,25 +184,19 @@ class LatentOperator(nn.Module):
         blocks: int,
         gamma: float,
         *,
-        form: str = "mnist",
+        block: type[LatentBlock] = InnerBlock,
+        gamma_on_input: bool = False,
         batch_norm: bool = True,
         contractive: bool = False,
         negative_slope: float = 0.1,
     ) -> None:
         super().__init__()
-        if form not in ("mnist", "cifar"):
-            raise ValueError(f"LatentOperator: form must be 'mnist' or 'cifar', got {form!r}")
-        self.form = form
         self.gamma = float(gamma)
         self.channels = channels
+        self.input_scale = self.gamma if gamma_on_input else 1.0  # a in z₀ = a·u + x
+        self.output_scale = 1.0 if gamma_on_input else self.gamma  # b in R = b·z_L
         self.blocks = nn.ModuleList(
-            LatentBlock(
-                channels,
-                form=form,
-                batch_norm=batch_norm,
-                contractive=contractive,
-                negative_slope=negative_slope,
-            )
+            block(channels, batch_norm=batch_norm, contractive=contractive, negative_slope=negative_slope)
             for _ in range(blocks)
         )
 
@@ -198,10 +205,10 @@ class LatentOperator(nn.Module):
         return len(self.blocks)
 
     def forward(self, u: Tensor, x: Tensor) -> Tensor:  # (B, C, H, W), (B, C, H, W) -> (B, C, H, W)
-        z = u + x if self.form == "mnist" else x + self.gamma * u
+        z = torch.add(x, u, alpha=self.input_scale)  # z₀ = a·u + x
         for block in self.blocks:
             z = block(z)
-        return self.gamma * z if self.form == "mnist" else z
+        return z if self.output_scale == 1.0 else self.output_scale * z
 
     def rescalable_parameters(self) -> list[Tensor]:
         """The convolution weights and biases of every block (what the reference rule rescales)."""
@@ -214,14 +221,21 @@ class LatentOperator(nn.Module):
         return params
 
 
-def latent_operator(cfg: ModelConfig, channels: int, variant: str, form: str = "mnist") -> LatentOperator:
+def latent_operator(
+    cfg: ModelConfig,
+    channels: int,
+    variant: str,
+    block: type[LatentBlock] = InnerBlock,
+    gamma_on_input: bool = False,
+) -> LatentOperator:
     """R for ``variant``: latent BatchNorm for "fpn"/"explicit", none for "jacobian", spectral for
     "contractive"."""
     return LatentOperator(
         channels,
         cfg.latent_blocks,
         cfg.gamma,
-        form=form,
+        block=block,
+        gamma_on_input=gamma_on_input,
         batch_norm=variant in ("fpn", "explicit"),
         contractive=variant == "contractive",
         negative_slope=cfg.negative_slope,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ConvReadout, ModelConfig, Parts, latent_operator
+from .base import ConvReadout, ModelConfig, OuterBlock, Parts, latent_operator
 
 IMAGE_SIZE = 32
 CHANNELS = 35
@@ -81,7 +81,7 @@ class CIFAR10Encoder(nn.Module):
 
 def build_parts(cfg: CIFAR10Config, variant: str) -> Parts:
     encoder = CIFAR10Encoder(cfg.in_channels, cfg.encoder_dropout, cfg.negative_slope)
-    operator = latent_operator(cfg, CHANNELS, variant, form="cifar")
+    operator = latent_operator(cfg, CHANNELS, variant, OuterBlock, gamma_on_input=True)
     readout = ConvReadout(
         CHANNELS,
         CHANNELS,

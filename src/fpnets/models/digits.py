@@ -56,7 +56,7 @@ class DigitsEncoder(nn.Module):
 
 def build_parts(cfg: DigitsConfig, variant: str) -> Parts:
     encoder = DigitsEncoder(cfg.in_channels, cfg.negative_slope)
-    operator = latent_operator(cfg, LATENT_CHANNELS, variant, form="mnist")
+    operator = latent_operator(cfg, LATENT_CHANNELS, variant)
     readout = ConvReadout(
         LATENT_CHANNELS,
         READOUT_CHANNELS,

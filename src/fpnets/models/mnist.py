@@ -59,7 +59,7 @@ class MNISTEncoder(nn.Module):
 
 def build_parts(cfg: MNISTConfig, variant: str) -> Parts:
     encoder = MNISTEncoder(cfg.in_channels, cfg.negative_slope)
-    operator = latent_operator(cfg, LATENT_CHANNELS, variant, form="mnist")
+    operator = latent_operator(cfg, LATENT_CHANNELS, variant)
     readout = ConvReadout(
         LATENT_CHANNELS,
         16,

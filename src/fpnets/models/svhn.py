@@ -108,7 +108,7 @@ class SVHNEncoder(nn.Module):
 
 def build_parts(cfg: SVHNConfig, variant: str) -> Parts:
     encoder = SVHNEncoder(cfg.in_channels, cfg.encoder_dropout, cfg.negative_slope)
-    operator = latent_operator(cfg, LATENT_CHANNELS, variant, form="mnist")
+    operator = latent_operator(cfg, LATENT_CHANNELS, variant)
     readout = ConvReadout(
         LATENT_CHANNELS,
         16,
