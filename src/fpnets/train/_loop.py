@@ -350,7 +350,8 @@ class _Trainer:
         if diff:
             raise ConfigError(
                 f"cannot resume {str(self.resume)!r} with a different config ({', '.join(diff)}); "
-                "only train.epochs, train.patience, train.checkpoint_every and run.* may change"
+                "only train.epochs, train.patience, train.checkpoint_every and run.* may change "
+                f"(`fpnets train --resume {self.resume}` without CONFIG reuses the run's own config)"
             )
         if int(ckpt.meta.get("batch", 0)) > 0 and int(ckpt.meta.get("world_size", 1)) != self.rt.world_size:
             raise ConfigError(
