@@ -53,6 +53,33 @@ def test_anderson_needs_fewer_evaluations_than_picard() -> None:
     assert and_.iterations.max() < pic.iterations.min()
 
 
+@pytest.mark.parametrize("beta", [1.0, 0.7])
+def test_anderson_on_a_channels_last_latent_matches_the_nchw_solve(beta: float) -> None:
+    # Anderson keeps its history in T's memory order; the iterates must not depend on the layout
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.mul_(0.5)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    solver = Anderson(tol=0.0, max_iter=7, m=3, beta=beta)
+    plain = fpnets.fixed_point(
+        lambda z, x: conv(z) + x, torch.zeros_like(x), x, solver=solver, warn=False, trace=True
+    )
+    conv_cl = conv.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def t_cl(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = conv_cl(z) + x
+        assert z.is_contiguous(memory_format=torch.channels_last)  # every iterate stays NHWC
+        return out
+
+    nhwc = fpnets.fixed_point(t_cl, torch.zeros_like(x_cl), x_cl, solver=solver, warn=False, trace=True)
+    assert not nhwc.value.is_contiguous()
+    assert nhwc.value.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc.trace, plain.trace, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(nhwc.value, plain.value, rtol=1e-10, atol=1e-12)
+
+
 def test_relative_residual() -> None:
     a = contraction_matrix(10, 0.5)
     b = 1000.0 * torch.randn(3, 10, dtype=torch.float64)

@@ -161,7 +161,7 @@ def solve(
             keep = ~done
             rows = rows[keep]
             z, fz, r_act = z[keep], fz[keep], r_act[keep]
-            state = tuple(s[keep] for s in state)
+            state = tuple(s[keep] if isinstance(s, Tensor) else s for s in state)
             if not full_batch:
                 act_args = [_rows(a, keep) for a in act_args]
         z, state = solver.update(z, fz, state, k)

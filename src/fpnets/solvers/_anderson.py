@@ -37,38 +37,65 @@ class Anderson(Solver):
         hist_f = z.new_zeros(batch, self.m, n)  # (B, m, n) past T(u_i)
         hist_g = z.new_zeros(batch, self.m, n)  # (B, m, n) past residuals G_i = T(u_i) − u_i
         gram = torch.zeros(batch, self.m, self.m, dtype=torch.float64, device=z.device)  # (B, m, m) G Gᵀ
-        return (hist_f, hist_g, gram)
+        # the history stores the latent in T's own memory order (NHWC for a channels-last T),
+        # fixed here for the whole solve, so flattening is a view rather than a copy
+        return (hist_f, hist_g, gram, _is_nhwc(fz))
 
     def update(self, z: Tensor, fz: Tensor, state: State, k: int) -> tuple[Tensor, State]:
-        hist_f, hist_g, gram = state
+        hist_f, hist_g, gram, nhwc = state
         batch = z.shape[0]
         slot = (k - 1) % self.m
         used = min(k, self.m)
-        g = (fz - z).reshape(batch, -1)  # (B, n)
-        hist_f = _write(hist_f, slot, fz.reshape(batch, -1))
+        g = _flat(fz - z, nhwc)  # (B, n)
+        hist_f = _write(hist_f, slot, _flat(fz, nhwc))
         hist_g = _write(hist_g, slot, g)
-        # only the new row and column of G Gᵀ change; a multiply-and-sum is ~3× faster than bmm for
-        # these batched matrix–vector products on CPU
-        row = (hist_g[:, :used] * g.unsqueeze(1)).sum(dim=2).double()  # (B, m_k)
+        # only the new row and column of G Gᵀ change. gᵀ [G_1 … G_mk] as (B, 1, n) @ (B, n, m_k) is
+        # ~2.4× faster on CPU than a multiply-and-sum, which is ~3× faster than (B, m_k, n) @ (B, n, 1)
+        row = torch.bmm(g.unsqueeze(1), hist_g[:, :used].transpose(1, 2)).squeeze(1).double()  # (B, m_k)
         gram = _write_gram(gram, slot, row)
         if used == 1:
-            alpha = z.new_ones(batch, 1)
-        else:
-            h = gram[:, :used, :used]
-            scale = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)  # (B,)
-            eye = torch.eye(used, dtype=h.dtype, device=h.device)
-            h = h + (self.ridge * scale)[:, None, None] * eye
-            a = torch.linalg.solve(h, h.new_ones(batch, used, 1)).squeeze(-1)  # (B, m_k)
-            total = a.sum(dim=1, keepdim=True)
-            ok = torch.isfinite(a).all(dim=1, keepdim=True) & (total.abs() > 1e-300)
-            latest = torch.zeros_like(a)
-            latest[:, slot] = 1.0
-            alpha = torch.where(ok, a / torch.where(ok, total, 1.0), latest).to(z.dtype)
+            first = fz if self.beta == 1.0 else z + self.beta * (fz - z)  # α = (1)
+            return first, (hist_f, hist_g, gram, nhwc)
+        h = gram[:, :used, :used].clone()
+        diag = h.diagonal(dim1=1, dim2=2)  # (B, m_k), a view into h
+        diag.add_(self.ridge * diag.mean(dim=1, keepdim=True).clamp_min(1e-300))
+        a, info = torch.linalg.solve_ex(h, h.new_ones(batch, used, 1))
+        a = a.squeeze(-1)  # (B, m_k)
+        total = a.sum(dim=1, keepdim=True)
+        ok = (info == 0).unsqueeze(1) & torch.isfinite(total) & (total.abs() > 1e-300)
+        alpha = torch.where(ok, a / torch.where(ok, total, 1.0), _latest(used, slot, a)).to(z.dtype)
         weights = alpha.unsqueeze(1)  # (B, 1, m_k)
         new = torch.bmm(weights, hist_f[:, :used]).squeeze(1)  # Σ α_i T(u_i)
         if self.beta != 1.0:  # β Σα T(u_i) + (1 − β) Σα u_i = Σα T(u_i) − (1 − β) Σα G_i
             new = new - (1.0 - self.beta) * torch.bmm(weights, hist_g[:, :used]).squeeze(1)
-        return new.reshape(z.shape), (hist_f, hist_g, gram)
+        return _unflat(new, z.shape, nhwc), (hist_f, hist_g, gram, nhwc)
+
+
+def _is_nhwc(t: Tensor) -> bool:
+    """True for a 4-D tensor laid out channels-last (and not also plain contiguous)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _flat(t: Tensor, nhwc: bool) -> Tensor:
+    """(B, ...) -> (B, n), in NHWC order when ``nhwc`` (a view for a channels-last tensor)."""
+    if nhwc:
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], -1)
+
+
+def _unflat(flat: Tensor, shape: torch.Size, nhwc: bool) -> Tensor:
+    """Inverse of :func:`_flat`: (B, n) -> ``shape``, channels-last when ``nhwc``."""
+    if nhwc:
+        b, c, h, w = shape
+        return flat.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return flat.reshape(shape)
+
+
+def _latest(used: int, slot: int, like: Tensor) -> Tensor:
+    """Weights that pick the latest T(u_i) alone: the fallback when the small system fails."""
+    e = torch.zeros(used, dtype=like.dtype, device=like.device)
+    e[slot] = 1.0
+    return e.expand_as(like)
 
 
 def _recording(*tensors: Tensor) -> bool:

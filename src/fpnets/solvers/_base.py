@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..norms import l2_norm
 
-State = tuple[Tensor, ...]
-"""Solver state: batch-first tensors, so the loop can drop the rows of converged samples."""
+State = tuple[Any, ...]
+"""Solver state: batch-first tensors, so the loop can drop the rows of converged samples, and plain
+Python values (kept as they are)."""
 
 
 def _check_positive_int(name: str, value: object, cls: str) -> None:
