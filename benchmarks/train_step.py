@@ -20,6 +20,9 @@ one change at a time:
 
 With ``--trajectory-steps N`` each configuration is then trained N steps more (sequentially) and
 its validation accuracy recorded every N/5 steps, to show the accuracy trajectory is unchanged.
+With ``--profile N`` each configuration's next N steps run under ``torch.profiler`` (the operators
+that took the most CPU time are printed), and one application of R on a training batch is timed
+eagerly without a graph, eagerly with one, and through ``torch.compile`` without one.
 
     python benchmarks/train_step.py --data-dir ../shared/data/mnist --blocks 1 --gamma 0.9
 """
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--trajectory-steps", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0, help="profile this many steps per config")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--reference-ms", type=float, default=90.0, help="the reference code's ms/step on this CPU"
@@ -233,8 +237,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         print(markdown_table(["config", *[f"+{s}" for s in steps], "rescales"], trows))
         result["trajectory"] = traj
+    if args.profile:
+        result["profile"] = {n: profile(t, args.profile) for n, t in trainers.items()}
     write_json(args.json, result)
     return result
+
+
+def profile(t: Trainer, steps: int) -> dict[str, Any]:
+    """torch.profiler over ``steps`` training steps, and the cost of one application of R."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            t.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    top = [
+        [
+            e.key,
+            f"{e.self_cpu_time_total / 1e3 / steps:.2f}",
+            f"{100 * e.self_cpu_time_total / total:.1f}%",
+            f"{e.count / steps:.1f}",
+        ]
+        for e in events[:12]
+    ]
+    print(
+        f"\n{t.name}: torch.profiler over {steps} steps, {total / 1e3 / steps:.1f} ms of CPU time per step\n"
+    )
+    print(markdown_table(["operator", "self ms / step", "share", "calls / step"], top))
+
+    m, op = t.model, t.model.operator
+    x, _ = t.next_batch()
+    x = x.contiguous(memory_format=m.memory_format)
+    with torch.no_grad():
+        q = m.encoder(x)
+        u = torch.zeros_like(q)
+        for _ in range(5):
+            u = op(u, q)
+    compiled = torch.compile(op)
+
+    def eager() -> None:
+        with torch.no_grad():
+            op(u, q)
+
+    def graph() -> None:
+        with torch.enable_grad():
+            op(u.detach().clone(), q)
+
+    def fused() -> None:
+        with torch.no_grad():
+            compiled(u, q)
+
+    for fn in (eager, graph, fused):  # warm-up (and compilation)
+        for _ in range(3):
+            fn()
+    times = alternate({"eager, no graph": eager, "eager, graph": graph, "compiled, no graph": fused}, 40)
+    cost = {k: 1e3 * median(v) for k, v in times.items()}
+    print("\none application of R: " + ", ".join(f"{k} {v:.2f} ms" for k, v in cost.items()))
+    return {"top": top, "cpu_ms_per_step": total / 1e3 / steps, "r_application_ms": cost}
 
 
 if __name__ == "__main__":
