@@ -73,15 +73,18 @@ from common import (
     GradCallCounter,
     SavedTensors,
     alternate,
+    choose,
     command_line,
     cuda_peak,
     cuda_reset_peak,
     environment,
+    fmt,
     graph_nodes,
     markdown_table,
     median,
     mib,
     mnist_batches,
+    script_parser,
     write_json,
 )
 
@@ -256,15 +259,8 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _fmt(x: float | None, spec: str = ".1f") -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.epilog = "\n\n".join(__doc__.split("\n\n")[1:])
+    p = script_parser(__doc__)
     p.add_argument("--data-dir", required=True, help="folder with the MNIST IDX files")
     p.add_argument("--blocks", type=int, default=2, help="latent blocks (paper: 2)")
     p.add_argument("--gamma", type=float, default=0.5, help="contraction factor γ (paper: 0.5)")
@@ -298,10 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.batch_size, args.steps, args.warmup, args.count_steps = 20, 2, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(CONFIG_NAMES))
-    if unknown:
-        raise SystemExit(f"unknown config(s) {unknown}; valid: {', '.join(CONFIG_NAMES)}")
+    names = choose(args.configs, CONFIG_NAMES, "config")
     configs = make_configs(args)
     env = environment(args.device)
     total = args.warmup + args.steps + args.count_steps
@@ -350,16 +343,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 t.spec["label"],
                 f"{ms:.1f}",
                 f"{ms / (1e3 * base):.2f}",
-                _fmt(depth, ".2f"),
-                _fmt(summary["fwd_calls"]),
-                _fmt(summary["bwd_vjps"]),
-                _fmt(summary["bwd_jvps"]),
-                _fmt(summary["bwd_total"]),
-                _fmt(mib(summary["saved_live_bytes"])),
-                _fmt(mib(summary["saved_fwd_bytes"])),
-                _fmt(mib(summary["saved_bwd_bytes"])),
-                *([_fmt(mib(peak))] if cuda else []),
-                _fmt(summary["graph_nodes"], ".0f"),
+                fmt(depth, ".2f"),
+                fmt(summary["fwd_calls"]),
+                fmt(summary["bwd_vjps"]),
+                fmt(summary["bwd_jvps"]),
+                fmt(summary["bwd_total"]),
+                fmt(mib(summary["saved_live_bytes"])),
+                fmt(mib(summary["saved_fwd_bytes"])),
+                fmt(mib(summary["saved_bwd_bytes"])),
+                *([fmt(mib(peak))] if cuda else []),
+                fmt(summary["graph_nodes"], ".0f"),
                 f"{misses}/{len(c)}" if isinstance(t.model.latent.backward_mode, fpnets.IFT) else "—",
             ]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -83,6 +84,30 @@ def alternate(
             sync(device)
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's argument parser: its docstring's first paragraph as description, the rest as epilog."""
+    parts = (doc or "").split("\n\n")
+    return argparse.ArgumentParser(
+        description=parts[0],
+        epilog="\n\n".join(parts[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def choose(text: str, valid: Sequence[str], what: str) -> list[str]:
+    """The names of a comma-separated option, each checked against ``valid``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = sorted(set(names) - set(valid))
+    if bad or not names:
+        raise SystemExit(f"unknown or no {what}(s) {bad}; valid: {', '.join(valid)}")
+    return names
+
+
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    """A table cell: ``x`` formatted, or a dash when it was not measured."""
+    return "—" if x is None else format(x, spec)
 
 
 def median(xs: Sequence[float]) -> float:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from fpnets.data import cifar_augment, dataset_info
 from fpnets.train import build_network, load_config
 
-from common import RESULTS, command_line, environment, markdown_table, median, sync, write_json
+from common import RESULTS, choose, command_line, environment, markdown_table, median, sync, write_json
 
 MODELS: dict[str, dict[str, Any]] = {
     # config: bundled training config; samples: training images per epoch in the paper
@@ -366,12 +366,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.reduced and not args.threads:  # robust on busy cores
         args.threads = REDUCED["threads"]
     args.pool = REDUCED["pool"] if args.reduced else min(args.steps + args.warmup, 16)
-    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for kind, names, valid in (("model", args.model_list, MODELS), ("variant", args.variant_list, VARIANTS)):
-        bad = sorted(set(names) - set(valid))
-        if bad or not names:
-            p.error(f"unknown or no {kind}(s) {bad}; valid: {', '.join(valid)}")
+    args.model_list = choose(args.models, MODELS, "model")
+    args.variant_list = choose(args.variants, VARIANTS, "variant")
     if min(args.steps, args.batch) < 1 or args.warmup < 0:
         p.error("--steps and --batch must be positive, --warmup >= 0")
     return args

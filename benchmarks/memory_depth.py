@@ -48,6 +48,7 @@ from common import (
     RESULTS,
     CallCounter,
     SavedTensors,
+    choose,
     command_line,
     cuda_peak,
     cuda_reset_peak,
@@ -56,6 +57,7 @@ from common import (
     markdown_table,
     mib,
     mnist_batches,
+    script_parser,
     write_json,
 )
 
@@ -168,10 +170,7 @@ def plot(rows: list[dict[str, Any]], modes: list[str], path: Path, title: str, c
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.epilog = "\n\n".join(__doc__.split("\n\n")[1:])
+    p = script_parser(__doc__)
     p.add_argument("--data-dir", required=True, help="folder with the MNIST IDX files")
     p.add_argument("--blocks", type=int, default=2, help="latent blocks (paper: 2)")
     p.add_argument("--gamma", type=float, default=0.5, help="contraction factor γ (paper: 0.5)")
@@ -199,10 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     depths = [int(k) for k in args.depths.split(",") if k.strip()]
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        raise SystemExit(f"unknown mode(s) {unknown}; valid: {', '.join(MODES)}")
+    modes = choose(args.modes, MODES, "mode")
     env = environment(args.device)
     cuda = torch.device(args.device).type == "cuda"
     (batch,) = mnist_batches(args.data_dir, 1, args.batch_size, args.seed, args.device)

@@ -68,12 +68,15 @@ from common import (
     GradCallCounter,
     SavedTensors,
     alternate,
+    choose,
     command_line,
     environment,
+    fmt,
     markdown_table,
     median,
     mib,
     mnist_batches,
+    script_parser,
     write_json,
 )
 
@@ -335,15 +338,8 @@ def gradient_check(args: argparse.Namespace, batch: tuple[Tensor, Tensor], dtype
     }
 
 
-def _fmt(x: float | None, spec: str = ".1f") -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.epilog = "\n\n".join(__doc__.split("\n\n")[1:])
+    p = script_parser(__doc__)
     p.add_argument("--data-dir", required=True, help="folder with the MNIST IDX files")
     p.add_argument("--blocks", type=int, default=2, help="latent blocks (paper: 2)")
     p.add_argument("--gamma", type=float, default=0.5, help="contraction factor γ (paper: 0.5)")
@@ -392,14 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         args.check_batch_size = args.check_batch_size or 10
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(CONFIG_NAMES))
-    if unknown:
-        raise SystemExit(f"unknown config(s) {unknown}; valid: {', '.join(CONFIG_NAMES)}")
-    dtypes = [t.strip() for t in args.check_dtypes.split(",") if t.strip()]
-    bad = sorted(set(dtypes) - set(CHECK_TOLS))
-    if bad:
-        raise SystemExit(f"unknown check dtype(s) {bad}; valid: {', '.join(CHECK_TOLS)}")
+    names = choose(args.configs, CONFIG_NAMES, "config")
+    dtypes = choose(args.check_dtypes, list(CHECK_TOLS), "check dtype")
     env = environment(args.device)
     env["torchdeq"] = getattr(torchdeq, "__version__", None) or _dist_version("torchdeq")
     total = args.warmup + args.steps + args.count_steps
@@ -439,12 +429,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             [
                 label(n),
                 f"{ms:.1f}",
-                _fmt(mean(c, "fwd_calls")),
-                _fmt(None if samples is None else samples / args.batch_size, ".2f"),
-                _fmt(mean(c, "residual_max"), ".2e"),
-                _fmt(mean(c, "bwd_vjps")),
-                _fmt(mean(c, "bwd_forward_calls")),
-                _fmt(mib(mean(c, "held_bytes"))),
+                fmt(mean(c, "fwd_calls")),
+                fmt(None if samples is None else samples / args.batch_size, ".2f"),
+                fmt(mean(c, "residual_max"), ".2e"),
+                fmt(mean(c, "bwd_vjps")),
+                fmt(mean(c, "bwd_forward_calls")),
+                fmt(mib(mean(c, "held_bytes"))),
                 "—" if c[0]["adjoint_misses"] is None else f"{sum(r['adjoint_misses'] for r in c)}/{len(c)}",
                 f"{ms / (1e3 * median(times[twin])):.2f}" if n.startswith("td-") and twin in times else "",
             ]
@@ -489,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         )
         print(markdown_table(["dtype", "a vs b", "all", "Q", "R", "S"], crow))
         resid = [
-            [chk["dtype"], label(n), _fmt(r.get("residual_max"), ".2e"), r["fwd_calls"]]
+            [chk["dtype"], label(n), fmt(r.get("residual_max"), ".2e"), r["fwd_calls"]]
             for chk in checks
             for n, r in chk["runs"].items()
         ]

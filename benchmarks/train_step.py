@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from fpnets.data import BatchLoader, load_splits
 from fpnets.models import build_model
 
-from common import RESULTS, alternate, command_line, environment, markdown_table, median, write_json
+from common import RESULTS, alternate, choose, command_line, environment, markdown_table, median, write_json
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "reference-procedure": {"channels_last": False, "lipschitz_every": 1, "procedure": True},
@@ -161,10 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(CONFIGS))
-    if unknown:
-        raise SystemExit(f"unknown config(s) {unknown}; valid: {', '.join(CONFIGS)}")
+    names = choose(args.configs, list(CONFIGS), "config")
     env = environment()
     splits = load_splits("mnist", args.data_dir)
     trainers = {n: Trainer(n, CONFIGS[n], args, splits) for n in names}
