@@ -114,10 +114,13 @@ class LatentBlock(nn.Module):
     """One residual block of R on (B, C, H, W) latents: h = conv₂ σ(conv₁ z), then :meth:`combine`.
 
     N is BatchNorm2d(affine=False) when ``batch_norm``, else the identity. Contractive blocks use
-    :class:`fpnets.layers.SpectralConv2d` (‖conv‖₂ ≤ 1) and average instead of adding (mix = ½),
-    so they are 1-Lipschitz. The two forms of the paper are the subclasses :class:`InnerBlock`
-    and :class:`OuterBlock`.
+    :class:`fpnets.layers.SpectralConv2d` (‖conv‖₂ ≤ 1) and average instead of adding, so they
+    are 1-Lipschitz. The two forms of the paper are the subclasses :class:`InnerBlock` and
+    :class:`OuterBlock`; each says where its operator puts γ (:attr:`gamma_on_input`).
     """
+
+    gamma_on_input: bool = False
+    """Where :class:`LatentOperator` applies γ: z₀ = γu + x (True) or R = γ z_L (False)."""
 
     def __init__(self, channels: int, *, batch_norm: bool, contractive: bool, negative_slope: float) -> None:
         super().__init__()
@@ -125,7 +128,6 @@ class LatentBlock(nn.Module):
             raise ValueError("LatentBlock: a contractive block cannot hold BatchNorm")
         self.contractive = contractive
         self.negative_slope = negative_slope
-        self.mix = 0.5 if contractive else 1.0  # z + h, or ½(z + h) for a 1-Lipschitz block
         if contractive:
             self.conv1: nn.Module = SpectralConv2d(channels, channels, 3, padding=1)
             self.conv2: nn.Module = SpectralConv2d(channels, channels, 3, padding=1)
@@ -136,6 +138,10 @@ class LatentBlock(nn.Module):
 
     def combine(self, z: Tensor, h: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def join(self, z: Tensor, h: Tensor) -> Tensor:
+        """z + h, or ½ (z + h) in a contractive block."""
+        return 0.5 * (z + h) if self.contractive else z + h
 
     def forward(self, z: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W)
         h = self.conv2(F.leaky_relu(self.conv1(z), self.negative_slope))  # (B, C, H, W)
@@ -154,22 +160,24 @@ class InnerBlock(LatentBlock):
     def combine(self, z: Tensor, h: Tensor) -> Tensor:
         s = self.negative_slope
         h = F.leaky_relu(F.leaky_relu(h, s), s)  # σ∘σ, as in the reference
-        return z + h if self.mix == 1.0 else self.mix * (z + h)
+        return self.join(z, h)
 
 
 class OuterBlock(LatentBlock):
-    """The CIFAR-10 form: z ← N(σ(z + h)) (contractive: N = id, σ(½ (z + h)))."""
+    """The CIFAR-10 form: z ← N(σ(z + h)) (contractive: N = id, σ(½ (z + h))); γ on the input."""
+
+    gamma_on_input = True
 
     def combine(self, z: Tensor, h: Tensor) -> Tensor:
-        return F.leaky_relu(z + h if self.mix == 1.0 else self.mix * (z + h), self.negative_slope)
+        return F.leaky_relu(self.join(z, h), self.negative_slope)
 
 
 class LatentOperator(nn.Module):
     """R(u, x) with x = Q(d): the operator T(u; d) whose fixed point the network computes.
 
-    z₀ = a·u + x, then the blocks, then R = b·z_L, with (a, b) = (1, γ) when ``gamma_on_input`` is
-    False (MNIST, SVHN, CIFAR-10 unaugmented, digits: :class:`InnerBlock`) and (γ, 1) when True
-    (CIFAR-10 augmented: :class:`OuterBlock`). With contractive blocks (1-Lipschitz),
+    z₀ = a·u + x, then the blocks, then R = b·z_L, with (a, b) = (1, γ) for :class:`InnerBlock`
+    (MNIST, SVHN, CIFAR-10 unaugmented, digits) and (γ, 1) for :class:`OuterBlock` (CIFAR-10
+    augmented), as the block's ``gamma_on_input`` says. With contractive blocks (1-Lipschitz),
     Lip_u(R) ≤ γ for every parameter value.
 
     Latent BatchNorm (``batch_norm``) in training mode normalises with batch statistics, so R
@@ -185,7 +193,6 @@ class LatentOperator(nn.Module):
         gamma: float,
         *,
         block: type[LatentBlock] = InnerBlock,
-        gamma_on_input: bool = False,
         batch_norm: bool = True,
         contractive: bool = False,
         negative_slope: float = 0.1,
@@ -193,8 +200,8 @@ class LatentOperator(nn.Module):
         super().__init__()
         self.gamma = float(gamma)
         self.channels = channels
-        self.input_scale = self.gamma if gamma_on_input else 1.0  # a in z₀ = a·u + x
-        self.output_scale = 1.0 if gamma_on_input else self.gamma  # b in R = b·z_L
+        self.input_scale = self.gamma if block.gamma_on_input else 1.0  # a in z₀ = a·u + x
+        self.output_scale = 1.0 if block.gamma_on_input else self.gamma  # b in R = b·z_L
         self.blocks = nn.ModuleList(
             block(channels, batch_norm=batch_norm, contractive=contractive, negative_slope=negative_slope)
             for _ in range(blocks)
@@ -226,7 +233,6 @@ def latent_operator(
     channels: int,
     variant: str,
     block: type[LatentBlock] = InnerBlock,
-    gamma_on_input: bool = False,
 ) -> LatentOperator:
     """R for ``variant``: latent BatchNorm for "fpn"/"explicit", none for "jacobian", spectral for
     "contractive"."""
@@ -235,7 +241,6 @@ def latent_operator(
         cfg.latent_blocks,
         cfg.gamma,
         block=block,
-        gamma_on_input=gamma_on_input,
         batch_norm=variant in ("fpn", "explicit"),
         contractive=variant == "contractive",
         negative_slope=cfg.negative_slope,

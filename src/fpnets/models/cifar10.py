@@ -81,7 +81,7 @@ class CIFAR10Encoder(nn.Module):
 
 def build_parts(cfg: CIFAR10Config, variant: str) -> Parts:
     encoder = CIFAR10Encoder(cfg.in_channels, cfg.encoder_dropout, cfg.negative_slope)
-    operator = latent_operator(cfg, CHANNELS, variant, OuterBlock, gamma_on_input=True)
+    operator = latent_operator(cfg, CHANNELS, variant, OuterBlock)
     readout = ConvReadout(
         CHANNELS,
         CHANNELS,
