@@ -164,7 +164,9 @@ def test_unrolled_equals_autograd_through_the_same_iterations() -> None:
     for _ in range(k - 1):  # k evaluations; the last one only measures the residual
         z = op(z, x)
     torch.testing.assert_close(sol.value, z, rtol=0, atol=0)
-    reference = torch.autograd.grad(_loss(z), [*op.parameters(), x])
+    # the gradient is that of the k-th evaluation T(z), backpropagated through all k of them
+    y = op(z, x)
+    reference = torch.autograd.grad(y, [*op.parameters(), x], _upstream(z))
     for got, want in zip(grads, reference, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
@@ -241,7 +243,10 @@ def test_unrolled_gradient_of_a_fixed_depth_solve_passes_gradcheck(solver) -> No
             return 0.8 * torch.tanh(z @ w.T + x @ op.u.T + op.b)
 
         z0 = torch.zeros(x.shape[0], 4, dtype=D)
-        return fpnets.fixed_point(t, z0, x, solver=solver, backward=Unrolled(), warn=False).value
+        u = fpnets.fixed_point(t, z0, x, solver=solver, backward=Unrolled(), warn=False).value
+        # Unrolled differentiates the last evaluation T(u_{k-1}); shift the forward value to it
+        # (a constant shift) so that finite differences see the same function
+        return u + (t(u, x) - u).detach()
 
     x = torch.randn(3, 3, dtype=D, requires_grad=True)
     w = op.w.detach().clone().requires_grad_()

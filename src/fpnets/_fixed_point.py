@@ -52,8 +52,16 @@ def fixed_point(
             is then attached with ``f``, at the cost of one more application of T.
 
     Returns:
-        a :class:`~fpnets.Solution`; ``value`` carries the gradient. A NaN or Inf in an iterate
-        raises :class:`~fpnets.NonFiniteError` naming the evaluation.
+        a :class:`~fpnets.Solution`; ``value`` carries the gradient.
+
+    Raises:
+        TypeError: ``z0`` is not a floating-point tensor, ``f`` returns something other than a
+            tensor, or ``solver``/``backward`` are not fpnets objects.
+        ValueError: ``z0`` has no batch dimension, a tensor in ``args`` has another batch size than
+            ``z0`` (inputs are never broadcast over the batch), or ``f`` returns a tensor of another
+            shape, dtype or device than its input, at any evaluation.
+        NonFiniteError: an evaluation of T holds a NaN or an Inf (the message names the evaluation).
+        ConvergenceError: with ``throw=True``, a sample missed the tolerance.
     """
     solver = Picard() if solver is None else solver
     backward = JFB() if backward is None else backward
@@ -68,8 +76,9 @@ def fixed_point(
     full_batch = bool(coupled) or not args
     solve_map = f if f_solve is None else _detaching(f_solve)
     if backward.records_forward and torch.is_grad_enabled():
-        raw = solve(f, z0, solver, args=args, full_batch=full_batch, trace=trace)
-        value = raw.value
+        raw = solve(f, z0, solver, args=args, full_batch=full_batch, trace=trace, record=True)
+        assert raw.last_eval is not None  # record=True keeps it
+        value = backward.attach(lambda z: f(z, *args), raw.value, (raw.value, raw.last_eval))
     else:
         grad = torch.is_grad_enabled()
         with torch.no_grad():

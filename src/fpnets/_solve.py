@@ -31,28 +31,77 @@ class RawSolve:
     trace: Tensor | None  # (K, B)
     evaluations: int
     carrier: tuple[Tensor, Tensor] | None = None  # (u, T(u)) with a graph, u equal to value
+    last_eval: Tensor | None = None  # (B, ...) T(u_{k_b - 1}) at each sample's last evaluation (record)
 
     @property
     def status(self) -> Status:
         return Status.CONVERGED if bool(self.converged.all()) else Status.MAX_ITER
 
 
-def check_image(z0: Tensor, fz0: Tensor, what: str = "T(z0)") -> None:
-    """T must map the latent space to itself: same shape, dtype and device."""
-    if not isinstance(fz0, Tensor):
-        raise TypeError(f"{what} returned {type(fz0).__name__}, expected a Tensor like z0")
+def check_image(z: Tensor, fz: Any, what: str = "T(z0)", ref: str = "z0") -> None:
+    """T must map the latent space to itself: a tensor of the same shape, dtype and device as ``z``.
+
+    Args:
+        z: the iterate T was applied to (``ref`` names it in the message).
+        fz: what T returned.
+        what: the evaluation, for the message (``"T(z0)"``, ``"T at evaluation 3"``).
+
+    Raises:
+        TypeError: ``fz`` is not a tensor.
+        ValueError: its shape, dtype or device differ from those of ``z``.
+    """
+    if not isinstance(fz, Tensor):
+        raise TypeError(
+            f"{what} returned {type(fz).__name__}, expected a Tensor like {ref}; the operator must "
+            "return the next latent iterate as one tensor"
+        )
     problems = []
-    if fz0.shape != z0.shape:
-        problems.append(f"shape {tuple(fz0.shape)} vs z0 {tuple(z0.shape)}")
-    if fz0.dtype != z0.dtype:
-        problems.append(f"dtype {fz0.dtype} vs z0 {z0.dtype}")
-    if fz0.device != z0.device:
-        problems.append(f"device {fz0.device} vs z0 {z0.device}")
+    if fz.shape != z.shape:
+        problems.append(f"shape {tuple(fz.shape)} vs {ref} {tuple(z.shape)}")
+    if fz.dtype != z.dtype:
+        problems.append(f"dtype {fz.dtype} vs {ref} {z.dtype}")
+    if fz.device != z.device:
+        problems.append(f"device {fz.device} vs {ref} {z.device}")
     if problems:
         raise ValueError(
-            f"{what} does not live in the space of z0: " + "; ".join(problems) + ". "
-            "The operator must return the next latent iterate, shaped, typed and placed like z0."
+            f"{what} does not live in the space of {ref}: " + "; ".join(problems) + ". "
+            "The operator must return the next latent iterate, shaped, typed and placed like its input "
+            "at every evaluation."
         )
+
+
+def check_inputs(z0: Tensor, args: Sequence[Any]) -> None:
+    """The checks on z0 and the batch arguments that every solve makes before evaluating T.
+
+    Raises:
+        TypeError: z0 is not a floating-point (or complex) tensor.
+        ValueError: z0 has no batch dimension or an empty batch, or a tensor in ``args`` does not
+            have z0's batch size B as its first dimension.
+    """
+    if not isinstance(z0, Tensor):
+        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
+    if z0.dim() == 0:
+        raise ValueError("z0 must have a batch dimension first, got a 0-dimensional tensor")
+    batch = z0.shape[0]
+    if batch == 0:
+        raise ValueError(f"z0 has an empty batch (shape {tuple(z0.shape)}); pass at least one sample")
+    if not (z0.is_floating_point() or z0.is_complex()):
+        raise TypeError(
+            f"z0 has dtype {z0.dtype}; the iterates u_k live in z0's dtype and need a floating-point "
+            "tensor: pass z0.float() (or the dtype of the operator's parameters)"
+        )
+    for i, a in enumerate(args):
+        if not isinstance(a, Tensor):
+            continue  # non-tensors are passed to T as they are
+        size = a.shape[0] if a.dim() > 0 else None
+        if size != batch:
+            got = "a 0-dimensional tensor" if size is None else f"batch size {size} (shape {tuple(a.shape)})"
+            raise ValueError(
+                f"args[{i}] (input {i} after z0) has {got}, but z0 has batch size {batch}: every "
+                "tensor passed after z0 is batch-first and follows its sample through the solve, so it "
+                f"is never broadcast. Pass it with batch size {batch} (e.g. x.expand({batch}, ...)), or "
+                "capture a shared tensor in the operator's closure instead"
+            )
 
 
 def _rows(x: Any, rows: Tensor) -> Any:
@@ -78,6 +127,7 @@ def solve(
     what: str = "T",
     carry: bool = False,
     carry_input_grad: bool = False,
+    record: bool = False,
 ) -> RawSolve:
     """Iterate u ← solver.update(u, T(u)) from z0, per sample, until the tolerance or the cap.
 
@@ -94,15 +144,21 @@ def solve(
             on a detached copy of its input) and return the last one as ``carrier``: it is T(u*)
             for the whole batch, so a backward mode needs no extra application of T.
         carry_input_grad: the carrier's input requires grad (for modes that need ∂T/∂u).
+        record: keep, for each sample b, T(u_{k_b − 1}), the output of its last evaluation (the one
+            whose residual stopped it), as ``last_eval``; under grad mode it carries the graph of
+            every iteration (the Unrolled backward routes the gradient of u* into it).
 
     Apart from ``carry``, the autograd mode is the caller's: under ``torch.no_grad()`` this builds
     no graph.
+
+    Raises:
+        TypeError: z0 is not a floating-point tensor, or T returns something other than a tensor.
+        ValueError: z0 has no batch, a tensor in ``args`` has another batch size than z0, or T returns
+            a tensor of another shape, dtype or device than its input (checked at every evaluation).
+        NonFiniteError: T produced a NaN or an Inf.
     """
-    if z0.dim() == 0:
-        raise ValueError("z0 must have a batch dimension first, got a 0-dimensional tensor")
+    check_inputs(z0, args)
     batch = z0.shape[0]
-    if batch == 0:
-        raise ValueError(f"z0 has an empty batch (shape {tuple(z0.shape)}); pass at least one sample")
     device = z0.device
     carry = carry and full_batch
     carrier: tuple[Tensor, Tensor] | None = None
@@ -127,6 +183,7 @@ def solve(
 
     out_z = z0.clone() if not z0.requires_grad else z0  # (B, ...) final values land here
     out_r = r.detach().clone()
+    out_fz = fz.clone() if record else None  # (B, ...) T at each sample's last evaluation
     iterations = torch.full((batch,), solver.max_iter, dtype=torch.long, device=device)
     converged = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)  # original index of each active row
@@ -153,6 +210,8 @@ def solve(
             done = torch.ones_like(r_act, dtype=torch.bool) if last else r_act <= tol
             done_rows = rows[done]
             out_z = _put(out_z, done_rows, z[done])
+            if out_fz is not None and k > 1:  # after evaluation 1, out_fz already holds T(z0)
+                out_fz = _put(out_fz, done_rows, fz[done])
             out_r.index_copy_(0, done_rows, r_act.detach()[done])
             converged.index_copy_(0, done_rows, (r_act <= tol)[done])
             iterations.index_copy_(0, done_rows, torch.full_like(done_rows, k))
@@ -165,14 +224,19 @@ def solve(
             if not full_batch:
                 act_args = [_rows(a, keep) for a in act_args]
         z, state = solver.update(z, fz, state, k)
+        k += 1
         if not full_batch:
             fz = f(z, *act_args)
+            check_image(z, fz, f"{what} at evaluation {k}", ref="its input")
         elif rows.numel() == batch:
             fz = full(z)
+            check_image(z, fz, f"{what} at evaluation {k}", ref="its input")
         else:  # frozen rows held at their final values
-            fz = full(_put(out_z, rows, z))[rows]
+            u_all = _put(out_z, rows, z)
+            fz = full(u_all)
+            check_image(u_all, fz, f"{what} at evaluation {k}", ref="its input")
+            fz = fz[rows]
         evaluations += 1
-        k += 1
         r_act = solver.residual(z, fz)
     return RawSolve(
         value=out_z,
@@ -182,4 +246,5 @@ def solve(
         trace=torch.stack(history) if trace else None,
         evaluations=evaluations,
         carrier=carrier,
+        last_eval=out_fz,
     )

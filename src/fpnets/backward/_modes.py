@@ -7,7 +7,8 @@ w = (I − J)⁻ᵀ g through one application of T; the modes differ in how they
 - :class:`Neumann`: w = Σ_{i=0}^{k} (Jᵀ)^i g.
 - :class:`IFT`: w solves (I − J)ᵀ w = g (fixed-point iteration, Anderson, or CG on the normal
   equations).
-- :class:`Unrolled`: ordinary backprop through every iteration of the forward solve.
+- :class:`Unrolled`: ordinary backprop through every iteration of the forward solve, ending at
+  each sample's last evaluation of T.
 
 Every mode returns the same forward value u*; only the gradient differs.
 """
@@ -104,12 +105,27 @@ class JFB(Backward):
 
 @dataclass(frozen=True)
 class Unrolled(Backward):
-    """Backprop through every forward iteration (memory grows with depth; a reference)."""
+    """Backprop through every forward iteration (memory grows with depth; a reference).
+
+    A sample b that stops after k_b evaluations of T returns u* = u_{k_b − 1}, the iterate whose
+    residual ‖T(u_{k_b − 1}) − u_{k_b − 1}‖ was measured. Its gradient is that of its last
+    evaluation T(u_{k_b − 1}), backpropagated through all k_b evaluations and the solver's updates
+    (the graph recorded by the forward solve): what autograd gives through the loop
+    ``for k: y = T(u); if r(u, y) <= tol: break; u = update(u, y)`` returning ``y``. So a sample that
+    converges at its first evaluation gets JFB's gradient (that of T(z₀)), never zero; with deeper
+    solves the gradient approaches the implicit one. The forward value stays u_{k_b − 1}, exactly
+    the value of every other mode.
+    """
 
     records_forward = True
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None = None) -> Tensor:
-        return z_star
+        if carrier is None:
+            raise ValueError(
+                "Unrolled needs the recorded forward solve: carrier=(u*, T at each sample's last "
+                "evaluation); fpnets.fixed_point records it when grad mode is on"
+            )
+        return carry_gradient(z_star, carrier[1])
 
 
 def _vjp_graph(f: Callable[[Tensor], Tensor], z_star: Tensor, carrier: Carrier | None) -> Carrier:
