@@ -138,3 +138,96 @@ def test_registry_builds_and_rejects() -> None:
         make_backward("ift", solver={"name": "lu"})
     with pytest.raises(ValueError, match="the IFT solver needs a 'name'"):
         make_backward("ift", solver={"tol": 1e-3})
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks: z0's dtype, the batch size of the inputs, what T returns at every evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_or_boolean_z0_is_refused(dtype: torch.dtype) -> None:
+    z0 = torch.zeros(2, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"z0 has dtype {dtype}; .*floating-point.*z0\.float\(\)"):
+        fpnets.fixed_point(lambda z: z, z0)
+    with pytest.raises(TypeError, match=rf"z0 has dtype {dtype}"):
+        fpnets.fixed_point(lambda z, x: z + x, z0, torch.ones(2, 3))
+
+
+def _changes_at(evaluation: int, change):
+    """0.5 z + 1 until the given evaluation, then change(z); counts its calls."""
+    calls = {"n": 0}
+
+    def f(z: torch.Tensor, *args: torch.Tensor):
+        calls["n"] += 1
+        out = 0.5 * z + 1.0
+        return change(out) if calls["n"] >= evaluation else out
+
+    return f
+
+
+MID_SOLVE = {
+    "shape": (
+        lambda y: torch.cat([y, y[:, :1]], dim=1),
+        ValueError,
+        r"shape \((\d), 4\) vs its input \(\1, 3\)",
+    ),
+    "broadcastable shape": (lambda y: y[:, :1], ValueError, r"shape \((\d), 1\) vs its input \(\1, 3\)"),
+    "dtype": (lambda y: y.double(), ValueError, r"dtype torch.float64 vs its input torch.float32"),
+    "non-tensor": (lambda y: (y,), TypeError, r"returned tuple, expected a Tensor like its input"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MID_SOLVE))
+@pytest.mark.parametrize("path", ["closure", "per-sample", "coupled"])
+def test_operator_changing_its_output_mid_solve_is_named(case: str, path: str) -> None:
+    change, error, pattern = MID_SOLVE[case]
+    f = _changes_at(3, change)
+    z0 = torch.zeros(3, 3)
+    solver = Picard(tol=1e-6, max_iter=50)
+    with pytest.raises(error, match=r"T at evaluation 3 .*" + pattern):
+        if path == "closure":
+            fpnets.fixed_point(f, z0, solver=solver)
+        else:  # sample 0 starts at its fixed point 2: it is frozen, so later evaluations see fewer rows
+            z0[0] = 2.0
+            fpnets.fixed_point(f, z0, torch.zeros(3, 1), solver=solver, coupled=path == "coupled")
+
+
+def test_operator_changing_its_output_mid_solve_names_the_evaluation() -> None:
+    f = _changes_at(5, lambda y: y[:, :1])
+    with pytest.raises(ValueError, match=r"T at evaluation 5 does not live in the space of its input"):
+        fpnets.fixed_point(f, torch.zeros(2, 3), solver=Anderson(tol=1e-9, max_iter=50))
+    # the same operator under the graph-recording (Unrolled) solve
+    f = _changes_at(2, lambda y: y.double())
+    with pytest.raises(ValueError, match=r"T at evaluation 2 .*dtype torch.float64"):
+        fpnets.fixed_point(f, torch.zeros(2, 3, requires_grad=True), backward=fpnets.Unrolled())
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_batch_one_input_beside_a_larger_batch_is_refused(coupled: bool) -> None:
+    z0 = torch.zeros(4, 3)
+    with pytest.raises(
+        ValueError, match=r"args\[0\] .*has batch size 1 \(shape \(1, 3\)\), but z0 has batch size 4"
+    ):
+        fpnets.fixed_point(lambda z, x: 0.5 * z + x, z0, torch.ones(1, 3), coupled=coupled)
+    with pytest.raises(
+        ValueError, match=r"args\[1\] .*batch size 2 .*z0 has batch size 4.*x\.expand\(4, \.\.\.\)"
+    ):
+        fpnets.fixed_point(
+            lambda z, x, y: 0.5 * z + x + y, z0, torch.ones(4, 3), torch.ones(2, 3), coupled=coupled
+        )
+    with pytest.raises(ValueError, match=r"args\[0\] .*a 0-dimensional tensor, but z0 has batch size 4"):
+        fpnets.fixed_point(lambda z, s: s * z, z0, torch.tensor(0.5), coupled=coupled)
+    # non-tensor arguments pass through unchecked; a batch-B input is accepted
+    sol = fpnets.fixed_point(lambda z, x, s: s * z + x, z0, torch.ones(4, 3), 0.5, coupled=coupled)
+    torch.testing.assert_close(sol.value, torch.full((4, 3), 2.0), rtol=0, atol=1e-3)
+
+
+def test_layer_with_a_z0_of_another_batch_than_its_input() -> None:
+    class Op(torch.nn.Module):
+        def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * z + x
+
+    layer = fpnets.FixedPointLayer(Op())
+    with pytest.raises(ValueError, match=r"args\[0\] .*batch size 1 .*z0 has batch size 5"):
+        layer(torch.ones(1, 3), z0=torch.zeros(5, 3))
