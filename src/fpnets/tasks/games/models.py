@@ -1,0 +1,349 @@
+"""Models that map a context d to a predicted equilibrium x̂(d) ∈ Δⁿ × Δⁿ, shaped (B, 2, n).
+
+- :class:`NashFPN`: the N-FPN of McKenzie et al. (2021), x̂ = z* with
+  z* = T(z*; d) = P_{Δ×Δ}(z* − α F_Θ(z*; d)), F_Θ(z; d) = z + W(z + Q(d)) + b and
+  Q(d) = σ(A d + a) (σ = LeakyReLU(0.1)): the authors' matrix-games network, written with a step
+  α (theirs: α = 1, which makes T(z) = P(−W(z + Q(d)) − b)). T is not a contraction by
+  construction; the forward solve may fail to converge (reported in ``solution``).
+- :class:`ContractiveNashFPN`: the same projected-gradient form with a strongly monotone, Lipschitz
+  F_Θ by parametrisation,
+
+      F_Θ(z; d) = μ z + K(d) z + c(d),   K(d) = [[0, G(d)], [−G(d)ᵀ, 0]],   G(d) = Σ_k w_k(d) G_k,
+
+  w(d) = tanh(V d + v) ∈ [−1, 1]^m and the G_k rescaled jointly so that Σ_k ‖G_k‖₂ ≤ ρ. K(d) is
+  antisymmetric like the bilinear part of the true game gradient, so ⟨F(z) − F(y), z − y⟩ = μ‖z − y‖²
+  (μ-strongly monotone) and ‖F(z) − F(y)‖ ≤ L‖z − y‖ with L² = μ² + ‖G(d)‖₂² ≤ μ² + ρ². Since
+  P is nonexpansive, ‖T(z) − T(y)‖² ≤ (1 − 2αμ + α²L²)‖z − y‖², a contraction for
+  0 < α < 2μ/L²; the default α = μ/(μ² + ρ²) gives γ = ρ/√(μ² + ρ²). c(d) is a small MLP.
+- :class:`PayoffNet`: the baseline of Ling, Fang, Kolter (2018): d → MLP → the n(n−1)/2 free entries
+  of an antisymmetric payoff matrix B̂(d) → the QRE layer (:func:`fpnets.tasks.games.qre.qre_implicit`:
+  Newton forward in float64, implicit-function backward).
+
+Every model exposes its last solve as ``model.solution`` (a :class:`fpnets.Solution`: for the
+N-FPNs the fixed-point iterations; for Payoff-Net the Newton steps of the QRE solver).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..._fixed_point import fixed_point
+from ..._solution import Solution, Status
+from ...backward import Backward
+from ...operators.simplex import project_simplex
+from ...solvers import Picard, Solver
+from .qre import antisymmetric, qre_implicit, solve_qre
+
+__all__ = [
+    "MODELS",
+    "ContractiveNashFPN",
+    "NashFPN",
+    "PayoffNet",
+    "build_game_model",
+    "contraction_factor",
+    "payoff_net_hidden_for",
+]
+
+MODELS = ("nfpn", "contractive", "payoffnet")
+"""Names accepted by :func:`build_game_model`."""
+
+
+def _check_context(d: Tensor, k: int, what: str) -> None:
+    if not isinstance(d, Tensor) or d.dim() != 2 or d.shape[-1] != k:
+        raise ValueError(f"{what}: the context must be (B, {k}), got {tuple(getattr(d, 'shape', ()))}")
+
+
+def _uniform(d: Tensor, n: int) -> Tensor:
+    """z₀: both players uniform, (B, 2, n)."""
+    return d.new_full((d.shape[0], 2, n), 1.0 / n)
+
+
+def contraction_factor(alpha: float, mu: float, lipschitz: float) -> float:
+    """γ = √(1 − 2αμ + α²L²): the Lipschitz bound of z ↦ P(z − αF(z)) for μ-strongly monotone, L-Lipschitz F.
+
+    γ < 1 exactly when 0 < α < 2μ/L².
+    """
+    return math.sqrt(max(0.0, 1.0 - 2.0 * alpha * mu + alpha**2 * lipschitz**2))
+
+
+class _GameFPN(nn.Module):
+    """Shared solve: z* = T(z*; inj(d)) from uniform strategies, with ``fpnets.fixed_point``."""
+
+    def __init__(
+        self,
+        n_actions: int,
+        context_dim: int,
+        solver: Solver | None,
+        backward: Backward | None,
+        warn: bool,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_actions, bool) or not isinstance(n_actions, int) or n_actions < 2:
+            raise ValueError(f"{type(self).__name__}: n_actions must be an integer >= 2, got {n_actions!r}")
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(
+                f"{type(self).__name__}: context_dim must be a positive integer, got {context_dim!r}"
+            )
+        self.n_actions = n_actions
+        self.context_dim = context_dim
+        self.solver = Picard(tol=1e-5, max_iter=100) if solver is None else solver
+        self.backward_mode = backward
+        self.warn = warn
+        self.solution: Solution | None = None
+
+    def injection(self, d: Tensor) -> tuple[Tensor, ...]:
+        """The per-sample data the operator re-reads every iteration (computed once, with a graph)."""
+        raise NotImplementedError
+
+    def operator(self, z: Tensor, *inj: Tensor) -> Tensor:
+        """T(z; d): (B, 2, n) → (B, 2, n)."""
+        raise NotImplementedError
+
+    def forward(self, d: Tensor) -> Tensor:
+        """x̂(d) = z*: (B, k) → (B, 2, n)."""
+        _check_context(d, self.context_dim, type(self).__name__)
+        inj = self.injection(d)
+        sol = fixed_point(
+            self.operator,
+            _uniform(d, self.n_actions),
+            *inj,
+            solver=self.solver,
+            backward=self.backward_mode,
+            warn=self.warn,
+        )
+        self.solution = sol.detached()
+        return sol.value
+
+
+class NashFPN(_GameFPN):
+    """The authors' N-FPN: T(z; d) = P_{Δ×Δ}(z − α(z + W(z + Q(d)) + b)), Q(d) = σ(A d + a).
+
+    Parameters: (k + 1)·2n + (2n + 1)·2n.
+
+    Args:
+        n_actions: n.
+        context_dim: k.
+        alpha: α, the step (the authors: 1).
+        negative_slope: σ's slope for negative inputs.
+        solver: forward solver (default ``Picard(tol=1e-5, max_iter=100)``, the authors' ε and depth).
+        backward: gradient mode (default JFB).
+        warn: warn when a forward solve misses the tolerance.
+    """
+
+    def __init__(
+        self,
+        n_actions: int,
+        context_dim: int = 3,
+        *,
+        alpha: float = 1.0,
+        negative_slope: float = 0.1,
+        solver: Solver | None = None,
+        backward: Backward | None = None,
+        warn: bool = True,
+    ) -> None:
+        super().__init__(n_actions, context_dim, solver, backward, warn)
+        if not alpha > 0:
+            raise ValueError(f"NashFPN: alpha must be > 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.negative_slope = negative_slope
+        self.encoder = nn.Linear(context_dim, 2 * n_actions)  # Q
+        self.mix = nn.Linear(2 * n_actions, 2 * n_actions)  # W, b
+
+    def injection(self, d: Tensor) -> tuple[Tensor, ...]:
+        return (F.leaky_relu(self.encoder(d), self.negative_slope),)  # Q(d): (B, 2n)
+
+    def game_map(self, z: Tensor, q: Tensor) -> Tensor:
+        """F_Θ(z; d) = z + W(z + Q(d)) + b: (B, 2, n), (B, 2n) → (B, 2, n)."""
+        flat = z.flatten(1)  # (B, 2n)
+        return (flat + self.mix(flat + q)).view_as(z)
+
+    def operator(self, z: Tensor, *inj: Tensor) -> Tensor:
+        return project_simplex(z - self.alpha * self.game_map(z, *inj))
+
+
+class ContractiveNashFPN(_GameFPN):
+    """N-FPN with F_Θ(z; d) = μz + K(d)z + c(d), strongly monotone and Lipschitz by construction.
+
+    K(d) = [[0, G(d)], [−G(d)ᵀ, 0]], G(d) = Σ_k w_k(d) G_k with w(d) = tanh(V d + v) and
+    Σ_k ‖G_k‖₂ ≤ ρ (the raw matrices are rescaled by ρ / max(ρ, Σ_k ‖G_k‖₂) once per forward);
+    c(d) = U₂ σ(U₁ d + u₁) + u₂. Then T(z; d) = P_{Δ×Δ}(z − αF_Θ(z; d)) is a γ-contraction with
+    γ = √(1 − 2αμ + α²(μ² + ρ²)) < 1 for every parameter value and context
+    (:attr:`contraction_bound`).
+
+    Args:
+        n_actions: n.
+        context_dim: k.
+        mu: μ > 0, the strong-monotonicity modulus.
+        rho: ρ > 0, the bound on ‖G(d)‖₂. Only ρ/μ matters for what the model can represent (the
+            fixed point is unchanged when F is scaled by a positive constant).
+        alpha: the step; default μ/(μ² + ρ²) (the γ-minimising step); must lie in (0, 2μ/(μ² + ρ²)).
+        components: m, the number of matrices G_k (default k).
+        hidden: width of the MLP c(d) (default n).
+        negative_slope: σ's slope.
+        solver, backward, warn: as in :class:`NashFPN`.
+    """
+
+    def __init__(
+        self,
+        n_actions: int,
+        context_dim: int = 3,
+        *,
+        mu: float = 1.0,
+        rho: float = 1.0,
+        alpha: float | None = None,
+        components: int | None = None,
+        hidden: int | None = None,
+        negative_slope: float = 0.1,
+        solver: Solver | None = None,
+        backward: Backward | None = None,
+        warn: bool = True,
+    ) -> None:
+        super().__init__(n_actions, context_dim, solver, backward, warn)
+        if not (mu > 0 and rho > 0):
+            raise ValueError(f"ContractiveNashFPN: mu and rho must be > 0, got mu={mu!r}, rho={rho!r}")
+        lip2 = mu**2 + rho**2
+        alpha = mu / lip2 if alpha is None else alpha
+        if not 0 < alpha < 2 * mu / lip2:
+            raise ValueError(
+                f"ContractiveNashFPN: alpha must lie in (0, 2μ/(μ²+ρ²)) = (0, {2 * mu / lip2:.4g}) for a "
+                f"contraction, got {alpha!r}"
+            )
+        self.mu, self.rho, self.alpha = float(mu), float(rho), float(alpha)
+        m = context_dim if components is None else components
+        h = n_actions if hidden is None else hidden
+        if m < 1 or h < 1:
+            raise ValueError(f"ContractiveNashFPN: components and hidden must be >= 1, got {m}, {h}")
+        self.negative_slope = negative_slope
+        self.weights = nn.Linear(context_dim, m)  # V, v
+        self.coupling = nn.Parameter(torch.randn(m, n_actions, n_actions) / math.sqrt(n_actions))  # raw G_k
+        self.offset = nn.Sequential(
+            nn.Linear(context_dim, h), nn.LeakyReLU(negative_slope), nn.Linear(h, 2 * n_actions)
+        )  # c(d)
+
+    @property
+    def contraction_bound(self) -> float:
+        """γ = √(1 − 2αμ + α²(μ² + ρ²)) < 1, a Lipschitz bound of T(·; d) for every d."""
+        return contraction_factor(self.alpha, self.mu, math.sqrt(self.mu**2 + self.rho**2))
+
+    def coupling_matrices(self) -> Tensor:
+        """The rescaled G_k: (m, n, n) with Σ_k ‖G_k‖₂ ≤ ρ."""
+        norms = torch.linalg.matrix_norm(self.coupling, ord=2)  # (m,)
+        scale = self.rho / torch.clamp(norms.sum(), min=self.rho)
+        return self.coupling * scale
+
+    def injection(self, d: Tensor) -> tuple[Tensor, ...]:
+        w = torch.tanh(self.weights(d))  # (B, m) in [−1, 1]
+        G = torch.einsum("bm,mij->bij", w, self.coupling_matrices())  # (B, n, n), ‖G‖₂ ≤ ρ
+        return G, self.offset(d).view(-1, 2, self.n_actions)  # (B, n, n), (B, 2, n)
+
+    def game_map(self, z: Tensor, G: Tensor, c: Tensor) -> Tensor:
+        """F_Θ(z; d) = μz + K(d)z + c(d) with K(d)z = (G z₂, −Gᵀ z₁): (B, 2, n) → (B, 2, n)."""
+        z1, z2 = z[:, 0], z[:, 1]
+        Kz = torch.stack([(G @ z2.unsqueeze(-1)).squeeze(-1), -(z1.unsqueeze(-2) @ G).squeeze(-2)], dim=1)
+        return self.mu * z + Kz + c
+
+    def operator(self, z: Tensor, *inj: Tensor) -> Tensor:
+        return project_simplex(z - self.alpha * self.game_map(z, *inj))
+
+
+def payoff_net_hidden_for(parameters: int, n_actions: int, context_dim: int = 3) -> int:
+    """The hidden width h ≥ 1 whose :class:`PayoffNet` has the parameter count closest to ``parameters``.
+
+    PayoffNet has (k + 1)h + (h + 1)·n(n−1)/2 parameters.
+    """
+    m = n_actions * (n_actions - 1) // 2
+    h = round((parameters - m) / (context_dim + 1 + m))
+    return max(1, h)
+
+
+class PayoffNet(nn.Module):
+    """Ling, Fang, Kolter (2018): x̂(d) = QRE(B̂(d)), B̂(d) = antisymmetric(U₂ σ(U₁ d + u₁) + u₂).
+
+    Parameters: (k + 1)h + (h + 1)·n(n−1)/2 (the authors' reimplementation in McKenzie et al.:
+    h = k = 3).
+
+    Args:
+        n_actions: n.
+        context_dim: k.
+        hidden: h (default k).
+        negative_slope: σ's slope.
+        tol, max_iter: the QRE solver's tolerance (float64 certificate) and Newton step cap; a
+            game that misses it raises :class:`~fpnets.tasks.games.qre.QREConvergenceError`.
+    """
+
+    def __init__(
+        self,
+        n_actions: int,
+        context_dim: int = 3,
+        *,
+        hidden: int | None = None,
+        negative_slope: float = 0.1,
+        tol: float = 1e-10,
+        max_iter: int = 100,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_actions, bool) or not isinstance(n_actions, int) or n_actions < 2:
+            raise ValueError(f"PayoffNet: n_actions must be an integer >= 2, got {n_actions!r}")
+        h = context_dim if hidden is None else hidden
+        if h < 1:
+            raise ValueError(f"PayoffNet: hidden must be >= 1, got {h}")
+        self.n_actions = n_actions
+        self.context_dim = context_dim
+        self.tol, self.max_iter = tol, max_iter
+        self.net = nn.Sequential(
+            nn.Linear(context_dim, h),
+            nn.LeakyReLU(negative_slope),
+            nn.Linear(h, n_actions * (n_actions - 1) // 2),
+        )
+        self.solution: Solution | None = None
+
+    def payoff(self, d: Tensor) -> Tensor:
+        """B̂(d): (B, k) → (B, n, n), antisymmetric."""
+        _check_context(d, self.context_dim, "PayoffNet")
+        return antisymmetric(self.net(d), self.n_actions)
+
+    def forward(self, d: Tensor) -> Tensor:
+        """x̂(d) = QRE(B̂(d)): (B, k) → (B, 2, n)."""
+        B = self.payoff(d)
+        sol = solve_qre(B, tol=self.tol, max_iter=self.max_iter, throw=True)
+        x = qre_implicit(B, sol.x) if torch.is_grad_enabled() and B.requires_grad else sol.x.to(B.dtype)
+        self.solution = Solution(
+            value=x.detach(),
+            iterations=sol.iterations,
+            residual=sol.residual,
+            converged=sol.converged,
+            trace=None,
+            status=Status.CONVERGED if bool(sol.converged.all()) else Status.MAX_ITER,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            evaluations=int(sol.iterations.max()) + 1 if sol.iterations.numel() else 0,
+        )
+        return x
+
+
+def build_game_model(name: str, n_actions: int, context_dim: int = 3, **options: object) -> nn.Module:
+    """One of :data:`MODELS` with keyword options passed to its constructor.
+
+    "nfpn" → :class:`NashFPN`, "contractive" → :class:`ContractiveNashFPN`, "payoffnet" →
+    :class:`PayoffNet`. Unknown names or options raise ``ValueError`` listing the valid ones.
+    """
+    classes: dict[str, type[nn.Module]] = {
+        "nfpn": NashFPN,
+        "contractive": ContractiveNashFPN,
+        "payoffnet": PayoffNet,
+    }
+    if name not in classes:
+        raise ValueError(f"build_game_model: unknown model {name!r}; valid: {', '.join(MODELS)}")
+    cls = classes[name]
+    valid = [
+        p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "n_actions", "context_dim")
+    ]
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise ValueError(f"build_game_model: unknown option(s) {bad} for {name!r}; valid: {', '.join(valid)}")
+    return cls(n_actions, context_dim, **options)  # type: ignore[arg-type]
