@@ -160,7 +160,7 @@ def test_digits_fixed_split():
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_idx_round_trip(tmp_path, gz, name):
     arrays = make_idx_set(tmp_path / "d", gz=gz)
-    s = load_splits(name, tmp_path / "d", val_size=10, seed=3, download=False)
+    s = load_splits(name, tmp_path / "d", val_size=10, seed=3, download=False, verify=False)
     assert s.sizes == {"train": 30, "val": 10, "test": 12}
     tr, va = hold_out(40, 10, 3)
     x, y = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
@@ -175,9 +175,9 @@ def test_idx_round_trip(tmp_path, gz, name):
 
 def test_split_sizes_disjoint_and_seeded(tmp_path):
     make_idx_set(tmp_path, n_train=50)
-    a = load_splits("mnist", tmp_path, val_size=15, seed=0)
-    b = load_splits("mnist", tmp_path, val_size=15, seed=0)
-    c = load_splits("mnist", tmp_path, val_size=15, seed=1)
+    a = load_splits("mnist", tmp_path, val_size=15, seed=0, verify=False)
+    b = load_splits("mnist", tmp_path, val_size=15, seed=0, verify=False)
+    c = load_splits("mnist", tmp_path, val_size=15, seed=1, verify=False)
     tr, va = hold_out(50, 15, 0)
     assert len(set(tr) & set(va)) == 0 and sorted([*tr, *va]) == list(range(50))
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.train.labels, b.train.labels)
@@ -186,33 +186,33 @@ def test_split_sizes_disjoint_and_seeded(tmp_path):
     # train and validation together are the official training set, each image once
     rows = {bytes(r) for r in torch.cat([a.train.images, a.val.images]).numpy()}
     assert len(rows) == 50
-    empty = load_splits("mnist", tmp_path, val_size=0)
+    empty = load_splits("mnist", tmp_path, val_size=0, verify=False)
     assert len(empty.val) == 0 and empty.val.images.shape == (0, 1, 28, 28) and len(empty.train) == 50
 
 
 def test_default_val_size_and_bad_arguments(tmp_path):
     make_idx_set(tmp_path, n_train=40)
     with pytest.raises(ValueError, match=r"val_size=5000 must be smaller than the 40 training samples"):
-        load_splits("mnist", tmp_path)
+        load_splits("mnist", tmp_path, verify=False)
     with pytest.raises(ValueError, match=r"val_size must be an integer >= 0"):
-        load_splits("mnist", tmp_path, val_size=-1)
+        load_splits("mnist", tmp_path, val_size=-1, verify=False)
     with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
-        load_splits("mnist", tmp_path, val_size=5, seed=1.5)
+        load_splits("mnist", tmp_path, val_size=5, seed=1.5, verify=False)
 
 
 def test_folder_layouts(tmp_path, monkeypatch):
     make_idx_set(tmp_path / "root" / "fashion-mnist")
     make_idx_set(tmp_path / "tv" / "MNIST" / "raw", gz=False)
-    assert len(load_splits("fashion-mnist", tmp_path / "root", val_size=5).test) == 12
-    assert len(load_splits("mnist", tmp_path / "tv", val_size=5).test) == 12
+    assert len(load_splits("fashion-mnist", tmp_path / "root", val_size=5, verify=False).test) == 12
+    assert len(load_splits("mnist", tmp_path / "tv", val_size=5, verify=False).test) == 12
     monkeypatch.setenv("FPNETS_DATA", str(tmp_path / "root"))
-    assert len(load_splits("fashion-mnist", val_size=5).train) == 35
+    assert len(load_splits("fashion-mnist", val_size=5, verify=False).train) == 35
     # the dotted spelling (train-images.idx3-ubyte) of some distributions is accepted
     dotted = tmp_path / "dotted"
     make_idx_set(dotted, gz=False)
     for f in IDX_FILES:
         (dotted / f).rename(dotted / f.replace("-idx", ".idx"))
-    assert len(load_splits("mnist", dotted, val_size=5).train) == 35
+    assert len(load_splits("mnist", dotted, val_size=5, verify=False).train) == 35
 
 
 def test_missing_files_message(tmp_path):
@@ -233,7 +233,7 @@ def test_missing_files_message(tmp_path):
 
 def test_offline_download_error_says_where_to_put_files(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"downloading them into .* failed") as info:
-        load_splits("svhn", tmp_path)  # download=None: tries, and the network is off
+        load_splits("svhn")  # no data_dir, download=None: tries, and the network is off
     msg = str(info.value)
     assert "train_32x32.mat, test_32x32.mat" in msg and "network disabled in tests" in msg
     assert "FPNETS_DATA" in msg and "data_dir=" in msg and "--data-dir" in msg and "svhn/" in msg
@@ -270,7 +270,7 @@ def test_corrupt_idx_files(tmp_path, case):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(images)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels)
     with pytest.raises(DataError, match=pattern) as info:
-        load_splits("mnist", tmp_path, val_size=1)
+        load_splits("mnist", tmp_path, val_size=1, verify=False)
     assert "train-" in str(info.value)
 
 
@@ -279,7 +279,7 @@ def test_bad_gzip(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: bad gzip stream"):
-        load_splits("mnist", tmp_path, val_size=5)
+        load_splits("mnist", tmp_path, val_size=5, verify=False)
     path.write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: named .gz but not a gzip file"):
         read_idx(path, ndim=3)
@@ -292,7 +292,7 @@ def test_bad_gzip(tmp_path):
 
 def test_svhn_round_trip(tmp_path):
     mats = make_svhn(tmp_path / "svhn")
-    s = load_splits("svhn", tmp_path, val_size=5, seed=0)
+    s = load_splits("svhn", tmp_path, val_size=5, seed=0, verify=False)
     assert s.sizes == {"train": 25, "val": 5, "test": 10}
     x, y = mats["test"]
     assert s.test.images.shape == (10, 3, 32, 32)
@@ -312,16 +312,16 @@ def test_svhn_corrupt(tmp_path):
     with pytest.raises(
         DataError, match=r"test_32x32.mat: label out of range: expected integers in 1..10, found 0"
     ):
-        load_splits("svhn", tmp_path, val_size=5)
+        load_splits("svhn", tmp_path, val_size=5, verify=False)
     savemat(test, {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.array([[1], [3]], np.uint8)})
     with pytest.raises(DataError, match=r"test_32x32.mat: wrong array shape: X is \(28, 28, 3, 2\)"):
-        load_splits("svhn", tmp_path, val_size=5)
+        load_splits("svhn", tmp_path, val_size=5, verify=False)
     savemat(test, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[1], [3], [4]], np.uint8)})
     with pytest.raises(DataError, match=r"wrong array shape: y is \(3, 1\), expected \(2, 1\)"):
-        load_splits("svhn", tmp_path, val_size=5)
+        load_splits("svhn", tmp_path, val_size=5, verify=False)
     test.write_bytes(b"garbage" * 30)
     with pytest.raises(DataError, match=r"test_32x32.mat: not a readable MATLAB file"):
-        load_splits("svhn", tmp_path, val_size=5)
+        load_splits("svhn", tmp_path, val_size=5, verify=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_svhn_corrupt(tmp_path):
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar_round_trip(tmp_path, protocol):
     batches = make_cifar(tmp_path / "cifar-10-batches-py", n=4, protocol=protocol)
-    s = load_splits("cifar10", tmp_path, val_size=4, seed=0)
+    s = load_splits("cifar10", tmp_path, val_size=4, seed=0, verify=False)
     assert s.sizes == {"train": 16, "val": 4, "test": 4}
     train = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)])
@@ -405,21 +405,21 @@ def test_cifar_corrupt(tmp_path):
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match=r"test_batch: corrupt or truncated pickle"):
-        load_splits("cifar10", tmp_path, val_size=1)
+        load_splits("cifar10", tmp_path, val_size=1, verify=False)
     path.write_bytes(pickle.dumps({b"data": np.zeros((3, 3000), np.uint8), b"labels": [0, 1, 2]}))
     with pytest.raises(DataError, match=r"test_batch: wrong array shape \(3, 3000\), expected \(N, 3072\)"):
-        load_splits("cifar10", tmp_path, val_size=1)
+        load_splits("cifar10", tmp_path, val_size=1, verify=False)
     path.write_bytes(pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 11, 2]}))
     with pytest.raises(
         DataError, match=r"test_batch: label out of range: expected integers in 0..9, found 11"
     ):
-        load_splits("cifar10", tmp_path, val_size=1)
+        load_splits("cifar10", tmp_path, val_size=1, verify=False)
     path.write_bytes(pickle.dumps({b"labels": [0]}))
     with pytest.raises(DataError, match=r"test_batch: no 'data' entry in the batch"):
-        load_splits("cifar10", tmp_path, val_size=1)
+        load_splits("cifar10", tmp_path, val_size=1, verify=False)
     path.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(DataError, match=r"test_batch: expected a pickled dict, got list"):
-        load_splits("cifar10", tmp_path, val_size=1)
+        load_splits("cifar10", tmp_path, val_size=1, verify=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,7 +460,11 @@ def test_download_into_cache(tmp_path, monkeypatch, file_urls):
     arrays = _serve_idx(tmp_path, monkeypatch)
     empty = tmp_path / "empty"
     empty.mkdir()
-    s = load_splits("mnist", empty, val_size=5)  # download=None: files missing, so downloaded
+    with pytest.raises(
+        DatasetNotFoundError, match=r"(?s)not in data_dir .*empty.*download cache .* is not used"
+    ):
+        load_splits("mnist", empty, val_size=5)  # an explicit data_dir never falls back to the cache
+    s = load_splits("mnist", val_size=5)  # download=None: files missing, so downloaded (and verified)
     cache = tmp_path / "cache" / "mnist"
     assert sorted(p.name for p in cache.iterdir()) == sorted(f + ".gz" for f in IDX_FILES)  # no .part left
     assert all(f.parent == cache for f in s.files)
@@ -479,7 +483,7 @@ def test_download_checksum_mismatch(tmp_path, monkeypatch, file_urls):
         DataError,
         match=r"checksum mismatch for downloaded file train-labels-idx1-ubyte.gz: .*SHA-256 [0-9a-f]{64}, expected 0{64}",
     ):
-        load_splits("mnist", tmp_path / "nowhere", val_size=5)
+        load_splits("mnist", val_size=5)
     cache = tmp_path / "cache" / "mnist"
     assert not (cache / "train-labels-idx1-ubyte.gz").exists()
     assert not any(p.name.endswith(".part") for p in cache.iterdir())

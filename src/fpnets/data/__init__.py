@@ -3,7 +3,9 @@
 - :func:`load_splits` reads "digits", "mnist", "fashion-mnist", "svhn" or "cifar10" into memory
   as train / validation / test :class:`Split` objects (uint8 images, int64 labels), with the
   validation set held out of the official training set. Missing files are downloaded into a cache
-  when the network allows it and verified by SHA-256; corrupt files raise :class:`DataError`.
+  when the network allows it and verified by SHA-256; local files are verified against the official
+  checksums too (``verify=False`` skips it), a file of another data set is named as such
+  (:class:`ChecksumError`), and corrupt files raise :class:`DataError`.
 - :class:`BatchLoader` iterates over a split in batches, with reproducible shuffling per epoch,
   optional augmentation, normalisation and DistributedDataParallel sharding.
 - :func:`cifar_augment` is the paper's CIFAR-10 augmentation (flip, padded crop, random erasing),
@@ -25,7 +27,7 @@ from ._datasets import DATASETS, DatasetSpec, dataset_info, hold_out, load_split
 from ._download import cache_root
 from ._formats import RestrictedUnpickler, read_cifar_batch, read_idx, read_svhn_mat
 from ._loader import BatchLoader, derive_seed
-from ._types import DataError, DatasetInfo, DatasetNotFoundError, Split, Splits
+from ._types import ChecksumError, DataError, DatasetInfo, DatasetNotFoundError, Split, Splits
 
 __all__ = [
     "DATASETS",
@@ -33,6 +35,7 @@ __all__ = [
     "REFERENCE_ERASE_VALUE",
     "Augment",
     "BatchLoader",
+    "ChecksumError",
     "CifarAugment",
     "DataError",
     "DatasetInfo",

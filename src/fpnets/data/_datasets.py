@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from ._download import DownloadError, Remote, cache_root, ensure
 from ._formats import check_images, check_labels, read_cifar_batch, read_idx, read_svhn_mat
 from ._types import DataError, DatasetInfo, DatasetNotFoundError, Split, Splits
+from ._verify import KNOWN_FILES, KnownFile, archive_verified, check_file, mismatch_message, raise_mismatches
 
 Arrays = tuple[np.ndarray, np.ndarray]
 """(images (N, C, H, W) uint8, labels (N,) int64)."""
@@ -34,6 +35,10 @@ class DatasetSpec:
         read: reads ``{file name: path}`` into ``(train, test)`` arrays.
         default_val_size: validation samples held out of the training set by default.
         homepage: where the data set is published, for error messages.
+        title: the data set's usual spelling in messages ("Fashion-MNIST"); default ``info.name``.
+        content_sums: per file in ``files``, official digests (SHA-256 or MD5, hex) of its content,
+            decompressed when the local copy is gzip; a local file is verified against these and
+            against the digests of the remote that provides it.
     """
 
     info: DatasetInfo
@@ -44,6 +49,13 @@ class DatasetSpec:
     read: Callable[[dict[str, Path]], tuple[Arrays, Arrays]]
     default_val_size: int = DEFAULT_VAL_SIZE
     homepage: str = ""
+    title: str = ""
+    content_sums: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        """``title``, or the registry name when no title is set."""
+        return self.title or self.info.name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,6 +134,31 @@ _FASHION_SUMS = {
     "t10k-images-idx3-ubyte": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
     "t10k-labels-idx1-ubyte": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
 }
+# SHA-256 of the decompressed official IDX files (the content of the .gz files above), as listed
+# with the official .gz digests by several public MNIST/Fashion-MNIST loaders; they let a local copy
+# that was re-compressed or unpacked pass. The MNIST train-images content has the MD5
+# 6bbc9ace898e44ae57da46a324031adb.
+_MNIST_CONTENT_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+_FASHION_CONTENT_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+# MD5 of the extracted CIFAR-10 batches (python version), as torchvision lists them.
+_CIFAR_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 _MNIST_URLS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -147,6 +184,7 @@ DATASETS: dict[str, DatasetSpec] = {
         read=lambda paths: _load_digits(),
         default_val_size=270,
         homepage="scikit-learn's bundled copy of the UCI optical digits test set",
+        title="digits",
     ),
     "mnist": DatasetSpec(
         info=DatasetInfo("mnist", 1, (28, 28), 10, mean=(0.1307,), std=(0.3081,)),
@@ -156,6 +194,8 @@ DATASETS: dict[str, DatasetSpec] = {
         remotes=_idx_remotes(_MNIST_URLS, _MNIST_SUMS),
         read=_read_idx_dataset,
         homepage="http://yann.lecun.com/exdb/mnist/ (mirror " + _MNIST_URLS[0] + ")",
+        title="MNIST",
+        content_sums={f: (h,) for f, h in _MNIST_CONTENT_SHA256.items()},
     ),
     "fashion-mnist": DatasetSpec(
         info=DatasetInfo("fashion-mnist", 1, (28, 28), 10, mean=(0.2860,), std=(0.3530,)),
@@ -165,6 +205,8 @@ DATASETS: dict[str, DatasetSpec] = {
         remotes=_idx_remotes(_FASHION_URLS, _FASHION_SUMS),
         read=_read_idx_dataset,
         homepage="https://github.com/zalandoresearch/fashion-mnist",
+        title="Fashion-MNIST",
+        content_sums={f: (h,) for f, h in _FASHION_CONTENT_SHA256.items()},
     ),
     "svhn": DatasetSpec(
         info=DatasetInfo(
@@ -189,6 +231,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         read=_read_svhn,
         homepage="http://ufldl.stanford.edu/housenumbers/ (format 2, cropped digits)",
+        title="SVHN",
     ),
     "cifar10": DatasetSpec(
         # ImageNet statistics, as the paper's CIFAR-10 code normalised with.
@@ -208,9 +251,26 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         read=_read_cifar10,
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz, extracted)",
+        title="CIFAR-10",
+        content_sums={f: (h,) for f, h in _CIFAR_BATCH_MD5.items()},
     ),
 }
 """Every data set :func:`load_splits` knows, by name."""
+
+
+def _register_known_files() -> None:
+    """Fill :data:`fpnets.data._verify.KNOWN_FILES` with every official digest of the registry."""
+    for key, spec in DATASETS.items():
+        for remote in spec.remotes:
+            for digest in (remote.sha256, remote.md5):
+                if digest:
+                    KNOWN_FILES[digest] = KnownFile(key, spec.display_name, remote.filename)
+        for name, digests in spec.content_sums.items():
+            for digest in digests:
+                KNOWN_FILES[digest] = KnownFile(key, spec.display_name, name)
+
+
+_register_known_files()
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 
@@ -292,7 +352,8 @@ def _find(spec: DatasetSpec, dirs: list[Path]) -> dict[str, Path] | None:
     return None
 
 
-def _not_found_message(spec: DatasetSpec, dirs: list[Path], reason: str) -> str:
+def _not_found_message(spec: DatasetSpec, dirs: list[Path], reason: str, cache: Path | None = None) -> str:
+    """Which files to put where; ``cache``: the cache folder that was *not* searched (explicit data_dir)."""
     name = spec.info.name
     names = [spec.aliases.get(f, (f,))[0] for f in spec.files]
     lines = [
@@ -310,16 +371,34 @@ def _not_found_message(spec: DatasetSpec, dirs: list[Path], reason: str) -> str:
         present = [f for f in spec.files if any((d / c).is_file() for c in spec.aliases.get(f, (f,)))]
         if present:
             lines.append(f"Found only {', '.join(present)} in {d}.")
+            missing = [f for f in spec.files if f not in present]
+            lines.append(f"Missing from {d}: {', '.join(missing)}.")
+    if cache is not None:
+        lines.append(
+            f"The download cache {cache} is not used when data_dir is given: put the missing files "
+            "into data_dir, or pass no data_dir to load from (and download into) the cache."
+        )
     return "\n".join(lines)
 
 
-def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None, download: bool | None) -> dict[str, Path]:
+def locate(
+    spec: DatasetSpec,
+    data_dir: str | os.PathLike | None,
+    download: bool | None,
+    *,
+    verify: bool = False,
+) -> dict[str, Path]:
     """Paths of the files of ``spec``: found locally, or downloaded into the cache.
 
+    ``data_dir`` given explicitly: the files must be there (or in its data-set subfolders); a
+    missing file raises :class:`DatasetNotFoundError` naming it and the folder, never a silent
+    fall-back to the cache. ``data_dir`` None: ``$FPNETS_DATA`` if set, then the cache.
     ``download``: False never downloads; None downloads into the cache only when the files are not
-    found; True ignores ``data_dir`` and uses the cache, downloading any file that is missing there
-    or fails its checksum.
+    found (and no data_dir was given); True ignores ``data_dir`` and uses the cache, downloading
+    any file that is missing there or fails its checksum. ``verify``: check the files found against
+    the official checksums (:func:`verify_files`).
     """
+    explicit = data_dir is not None
     if data_dir is None and os.environ.get("FPNETS_DATA"):
         data_dir = os.environ["FPNETS_DATA"]
     root = None if data_dir is None else Path(data_dir).expanduser()
@@ -328,18 +407,63 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None, download: bool
         dirs = _search_dirs(spec, None)
         _fetch_all(spec, cache, dirs, verify=True)
         found = _find(spec, dirs)
+    elif explicit:
+        assert root is not None
+        dirs = [root, *(root / sub for sub in spec.subdirs)]
+        found = _find(spec, dirs)
+        if found is None:
+            reason = "download=False" if download is False else f"not in data_dir {root}"
+            raise DatasetNotFoundError(_not_found_message(spec, dirs, reason, cache=cache))
     else:
         dirs = _search_dirs(spec, root)
         found = _find(spec, dirs)
-        if found is not None:
-            return found
-        if download is False or not spec.remotes:
-            raise DatasetNotFoundError(_not_found_message(spec, dirs, "download=False"))
-        _fetch_all(spec, cache, dirs, verify=False)
-        found = _find(spec, _search_dirs(spec, None))
+        if found is None:
+            if download is False or not spec.remotes:
+                raise DatasetNotFoundError(_not_found_message(spec, dirs, "download=False"))
+            _fetch_all(spec, cache, dirs, verify=False)
+            found = _find(spec, _search_dirs(spec, None))
     if found is None:  # pragma: no cover - a download that succeeded provides every file
         raise DataError(f"{spec.info.name}: downloaded into {cache}, but the expected files are not there")
+    if verify:
+        verify_files(spec, found)
     return found
+
+
+def _expected_digests(spec: DatasetSpec, name: str, path: Path) -> frozenset[str] | None:
+    """The official digests of file ``name`` of ``spec`` found at ``path``; None when ``path`` was
+    extracted from an archive that was verified when it was downloaded."""
+    accepted = set(spec.content_sums.get(name, ()))
+    for remote in spec.remotes:
+        digests = [d for d in (remote.sha256, remote.md5) if d]
+        if remote.members:
+            if path.name in {Path(m).name for m in remote.members} and archive_verified(path, digests):
+                return None
+        elif remote.filename in spec.aliases.get(name, (name,)):
+            accepted.update(digests)
+    return frozenset(accepted)
+
+
+def verify_files(spec: DatasetSpec, paths: Mapping[str, Path]) -> None:
+    """Check every file of ``spec`` against its official digests (see :mod:`fpnets.data._verify`).
+
+    Raises:
+        ChecksumError: listing each file that fails, saying which official file it is when its digest
+            is known (another data set's, or a swapped file), and how to skip the check.
+        DataError: a file named ``.gz`` is not gzip or is corrupt.
+    """
+    lines = []
+    for name in spec.files:
+        path = paths[name]
+        expected = _expected_digests(spec, name, path)
+        if not expected:  # extracted from a verified archive, or nothing known to check against
+            continue
+        digests = check_file(path, expected)
+        if digests is not None:
+            lines.append(mismatch_message(path, spec.info.name, spec.display_name, name, digests))
+    if lines:
+        cache = cache_root().expanduser().resolve()
+        in_cache = any(cache in paths[n].resolve().parents for n in spec.files)
+        raise_mismatches(lines, in_cache=in_cache)
 
 
 def _fetch_all(spec: DatasetSpec, cache: Path, dirs: list[Path], *, verify: bool) -> None:
@@ -382,6 +506,7 @@ def load_splits(
     val_size: int | None = None,
     seed: int = 0,
     download: bool | None = None,
+    verify: bool = True,
 ) -> Splits:
     """Load a data set into memory as train / validation / test splits.
 
@@ -390,8 +515,10 @@ def load_splits(
             ValueError listing the valid ones.
         data_dir: folder holding the files, or a folder holding them in a subfolder named after the
             data set (``mnist/``, ``fashion-mnist/``, ``svhn/``, ``cifar-10-batches-py/``, ...).
-            Default: ``$FPNETS_DATA``. The download cache is searched last. Ignored for "digits",
-            which ships with scikit-learn.
+            Given explicitly, the files must be there: a missing file raises
+            :class:`DatasetNotFoundError` naming it and the folder (the cache is not used). Default:
+            ``$FPNETS_DATA``, then the download cache. Ignored for "digits", which ships with
+            scikit-learn.
         val_size: samples held out of the official training set for validation (model selection
             happens on it, never on the test set). Default: 5000 (270 for digits). 0 gives an
             empty validation split.
@@ -401,6 +528,11 @@ def load_splits(
             (``$FPNETS_CACHE``, else ``~/.cache/fpnets``) only when they are not found; False never
             downloads; True uses the cache only, downloading what is missing there or fails its
             checksum. Downloads are verified against their published SHA-256.
+        verify: check every file against the official checksums (SHA-256 of the file, or of its
+            decompressed content for a gzip file, so re-compressed and unpacked copies pass; MD5
+            for the CIFAR-10 batches). A file of another data set is named as such. Digests are
+            computed once per process per file (cached by path, size and modification time).
+            False skips the check, for your own versions of the files.
 
     Returns:
         :class:`Splits` with uint8 (N, C, H, W) images and int64 labels. The test split is the
@@ -409,6 +541,7 @@ def load_splits(
     Raises:
         DatasetNotFoundError: the files are missing and could not be downloaded; the message says
             which files to put in which folder.
+        ChecksumError: with ``verify``, a file is not the official one (a :class:`DataError`).
         DataError: a file is corrupt or truncated, or a download failed its checksum; the message
             names the file and what is wrong.
     """
@@ -416,7 +549,9 @@ def load_splits(
     seed = _check_int("seed", seed, 0)
     val_size = spec.default_val_size if val_size is None else _check_int("val_size", val_size, 0)
     if spec.files:
-        paths = locate(spec, data_dir, download)
+        if not isinstance(verify, bool):
+            raise TypeError(f"load_splits: verify must be True or False, got {verify!r}")
+        paths = locate(spec, data_dir, download, verify=verify)
         files = tuple(paths[f] for f in spec.files)
     else:
         paths, files = {}, ()

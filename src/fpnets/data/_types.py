@@ -16,6 +16,14 @@ class DataError(RuntimeError):
     """
 
 
+class ChecksumError(DataError):
+    """A local data file does not match the official checksum of the file it stands for.
+
+    The message names the file and, when its checksum is that of another official file (another
+    data set's, or a swapped one), which file it is; ``verify=False`` skips the check.
+    """
+
+
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """The files of a data set are not on this machine and could not be downloaded.
 
