@@ -1,0 +1,317 @@
+"""User-equilibrium traffic assignment: path-based gradient projection with column generation.
+
+Wardrop user equilibrium: link flows v = Σ_p Δ_p h_p from path flows h ≥ 0 with Σ_{p ∈ P_w} h_p = q_w
+for every OD pair w, such that every used path has the least cost c_p = Σ_{e ∈ p} t_e(v_e). It is the
+minimiser of Beckmann's potential Σ_e ∫₀^{v_e} t_e.
+
+The certificate is the relative gap
+
+    gap = (Σ_e t_e(v) v_e − Σ_w q_w κ_w(t(v))) / Σ_e t_e(v) v_e,
+
+κ_w the shortest-path cost of w under t(v) (all paths of the network, from Dijkstra): gap ≥ 0, and
+gap = 0 exactly at an equilibrium.
+
+Algorithm (Jayakrishnan et al. 1994, with the path set shared by all contexts):
+
+1. column generation: for every context, Dijkstra from every origin under t(v); a shortest path
+   that is not yet in the shared path set is added (the set is the union over all contexts);
+2. restricted problem: Gauss–Seidel sweeps over the OD pairs, each a projected Newton step that
+   moves flow from every path p of w to its cheapest path p̂: Δh_p = −min(h_p, (c_p − c_p̂) / s_p),
+   s_p = Σ_{e ∈ p ⊕ p̂} t′_e (the links used by exactly one of the two paths), vectorised over the
+   contexts (arrays contexts × paths);
+3. stop a context once its gap is at most the target.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .network import LinkCosts, Network
+
+__all__ = ["AssignmentResult", "PathSet", "relative_gap", "solve_equilibrium"]
+
+
+class PathSet:
+    """A set of paths shared by all contexts, grouped by OD pair.
+
+    Attributes:
+        network: the network.
+        od: (P,) the OD pair (index into ``network.od_pairs``) of each path.
+        links: list of (len,) int64 link indices of each path.
+    """
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+        self.num_od = len(network.od_pairs[2])
+        self.od: list[int] = []
+        self.links: list[np.ndarray] = []
+        self._keys: dict[tuple[int, bytes], int] = {}
+        self._by_od: list[list[int]] = [[] for _ in range(self.num_od)]
+        self._matrix = None
+        self._dirty: set[int] = set()
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.od)
+
+    def add(self, od: int, links: np.ndarray) -> tuple[int, bool]:
+        """(path id, whether it is new)."""
+        key = (int(od), np.asarray(links, dtype=np.int64).tobytes())
+        pid = self._keys.get(key)
+        if pid is not None:
+            return pid, False
+        pid = len(self.od)
+        self._keys[key] = pid
+        self.od.append(int(od))
+        self.links.append(np.asarray(links, dtype=np.int64))
+        self._by_od[od].append(pid)
+        self._matrix = None
+        self._dirty.add(int(od))
+        return pid, True
+
+    def paths_of(self, od: int) -> list[int]:
+        return self._by_od[od]
+
+    def matrix(self):
+        """(P, E) scipy CSR path–link incidence Δ."""
+        if self._matrix is None:
+            import scipy.sparse as sp
+
+            rows = np.concatenate([np.full(len(lk), i) for i, lk in enumerate(self.links)])
+            cols = np.concatenate(self.links)
+            data = np.ones(len(cols))
+            self._matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(self.od), self.network.num_links))
+        return self._matrix
+
+    def block(self, od: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(path ids (P_w,), link union (L_w,), dense incidence A_w (P_w, L_w)) of one OD pair."""
+        if od in self._dirty or od not in self._blocks:
+            pids = np.asarray(self._by_od[od], dtype=np.int64)
+            lw = np.unique(np.concatenate([self.links[p] for p in pids]))
+            a = np.zeros((len(pids), len(lw)))
+            for i, p in enumerate(pids):
+                a[i, np.searchsorted(lw, self.links[p])] = 1.0
+            self._blocks[od] = (pids, lw, a)
+            self._dirty.discard(od)
+        return self._blocks[od]
+
+    def od_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(permutation sorting paths by OD, start offset of each OD in it) for per-OD reductions."""
+        od = np.asarray(self.od)
+        order = np.argsort(od, kind="stable")
+        starts = np.searchsorted(od[order], np.arange(self.num_od))
+        return order, starts
+
+
+@dataclass
+class AssignmentResult:
+    """Result of :func:`solve_equilibrium` for C contexts.
+
+    Attributes:
+        link_flow: (C, E) v.
+        gap: (C,) relative gap of v (the certificate, from Dijkstra over the whole network).
+        converged: (C,) gap ≤ the target.
+        iterations: (C,) column-generation rounds (Dijkstra calls per origin) of each context.
+        sweeps: (C,) Gauss–Seidel sweeps over the OD pairs of each context.
+        path_flow: (C, P) h on the shared path set.
+        paths: the shared :class:`PathSet`.
+        seconds: wall time.
+    """
+
+    link_flow: np.ndarray
+    gap: np.ndarray
+    converged: np.ndarray
+    iterations: np.ndarray
+    sweeps: np.ndarray
+    path_flow: np.ndarray
+    paths: PathSet
+    seconds: float = 0.0
+    history: list[float] = field(default_factory=list)
+
+
+def relative_gap(network: Network, costs: LinkCosts, v: np.ndarray) -> np.ndarray:
+    """(C,) relative gap (Σ t(v)·v − Σ_w q_w κ_w) / Σ t(v)·v of link flows v (C, E).
+
+    Negative flows are clipped to 0 first. For feasible v the gap is ≥ 0 (0 at equilibrium); for
+    link flows that do not conserve flow or meet the demand it is only an indicator and can be
+    negative.
+    """
+    v = np.maximum(np.asarray(v, dtype=np.float64), 0.0)
+    t = costs.time(v)  # (C, E)
+    o, d, q = network.od_pairs
+    kappa = network.shortest_paths().distances(t)[:, o, d]  # (C, W)
+    tv = (t * v).sum(-1)
+    return (tv - kappa @ q) / tv
+
+
+def _dijkstra_round(network: Network, paths: PathSet, t: np.ndarray, add: bool) -> tuple[np.ndarray, bool]:
+    """Shortest-path costs (C, W) under link costs t (C, E); add missing shortest paths to ``paths``."""
+    sp = network.shortest_paths()
+    o, d, _ = network.od_pairs
+    rows = np.array([sp.origin_row(z) for z in o])
+    kappa = np.empty((t.shape[0], len(o)))
+    added = False
+    if add and len(paths):
+        pc = (paths.matrix() @ t.T).T  # (C, P) path costs
+        order, starts = paths.od_order()
+        best = np.minimum.reduceat(pc[:, order], starts, axis=1)  # (C, W)
+    else:
+        best = np.full((t.shape[0], len(o)), np.inf)
+    for c in range(t.shape[0]):
+        dist, pred, winner = sp.trees(t[c])
+        kappa[c] = dist[rows, d]
+        if add:
+            scale = np.maximum(np.abs(kappa[c]), 1e-300)
+            need = np.nonzero(kappa[c] < best[c] - 1e-12 * scale)[0]
+            for w in need:
+                _, new = paths.add(int(w), sp.path(pred[rows[w]], winner, int(d[w])))
+                added |= new
+    return kappa, added
+
+
+def _sweep(costs: LinkCosts, paths: PathSet, h: np.ndarray, v: np.ndarray, repeat: int = 1) -> None:
+    """One Gauss–Seidel sweep of projected Newton steps over the OD pairs, in place on h (C, P), v (C, E).
+
+    Each OD pair gets ``repeat`` steps before the sweep moves on.
+    """
+    rows = np.arange(h.shape[0])
+    inv_cap = 1.0 / costs.capacity  # (C, E)
+    t0b = costs.t0 * costs.b  # (E,)
+    quartic = bool(np.all(costs.power == 4.0))
+    for w in range(paths.num_od):
+        if len(paths.paths_of(w)) < 2:
+            continue
+        pids, lw, a = paths.block(w)
+        at = a.T
+        vl = v[:, lw]  # (C, L)
+        hp = h[:, pids]  # (C, P_w)
+        ic = inv_cap[:, lw]
+        t0l, t0bl = costs.t0[lw], t0b[lw]
+        for _ in range(repeat):
+            r = np.maximum(vl, 0.0) * ic  # v / c
+            if quartic:
+                r3 = r * r * r
+                tl = t0l + t0bl * (r3 * r)  # t(v)
+                dl = (4.0 * t0bl) * r3 * ic  # t′(v)
+            else:
+                p = costs.power[lw]
+                tl = t0l + t0bl * r**p
+                dl = t0bl * p * r ** np.maximum(p - 1.0, 0.0) * ic
+            cp = tl @ at  # (C, P_w) path costs
+            j = cp.argmin(axis=1)  # (C,) cheapest path in the set
+            daj = dl * a[j]  # (C, L)
+            s = dl @ at + daj.sum(1, keepdims=True) - 2.0 * (daj @ at)  # Σ t′ over p ⊕ p̂
+            delta = cp - cp[rows, j][:, None]  # (C, P_w) ≥ 0
+            step = np.divide(delta, s, out=np.full_like(delta, np.inf), where=s > 1e-300)
+            dh = -np.minimum(hp, step)  # (C, P_w) ≤ 0; 0 on p̂ (delta = 0)
+            dh[rows, j] = 0.0
+            dh[rows, j] = -dh.sum(1)
+            hp += dh
+            vl += dh @ a
+        h[:, pids] = hp
+        v[:, lw] = vl
+
+
+def solve_equilibrium(
+    network: Network,
+    costs: LinkCosts | None = None,
+    *,
+    gap: float = 1e-8,
+    max_iter: int = 200,
+    sweeps: int = 4,
+    repeat: int = 1,
+    paths: PathSet | None = None,
+    init_path_flow: np.ndarray | None = None,
+    throw: bool = False,
+) -> AssignmentResult:
+    """User equilibria of ``network`` under C cost functions (one per context), solved together.
+
+    Args:
+        costs: :class:`LinkCosts` with C rows of capacities; default: the file's costs (C = 1).
+        gap: target relative gap per context (the certificate).
+        max_iter: most column-generation rounds.
+        sweeps: Gauss–Seidel sweeps of the restricted problem between two rounds.
+        repeat: projected Newton steps per OD pair within a sweep.
+        paths: a :class:`PathSet` to start from and extend (shared between calls: warm start).
+        init_path_flow: (C, P) or (P,) feasible path flows on ``paths`` to start from; default:
+            all-or-nothing on the free-flow shortest paths.
+        throw: raise RuntimeError (instead of a warning) if a context misses the target gap.
+
+    Returns:
+        an :class:`AssignmentResult`; ``gap`` is measured with Dijkstra over the whole network.
+    """
+    start = time.perf_counter()
+    costs = network.costs() if costs is None else costs
+    num_c = costs.num_contexts
+    paths = PathSet(network) if paths is None else paths
+    o, d, q = network.od_pairs
+    if init_path_flow is None or len(paths) == 0:
+        # all-or-nothing on the free-flow shortest paths (t₀ does not depend on the context)
+        t0 = costs.time(np.zeros((1, network.num_links)))[:1]
+        sp = network.shortest_paths()
+        _, pred, winner = sp.trees(t0[0])
+        pid_w = []
+        for w in range(len(q)):
+            pid, _ = paths.add(w, sp.path(pred[sp.origin_row(o[w])], winner, int(d[w])))
+            pid_w.append(pid)
+        h = np.zeros((num_c, len(paths)))
+        h[:, pid_w] = q[None, :]
+    else:
+        h0 = np.asarray(init_path_flow, dtype=np.float64)
+        h = np.broadcast_to(h0, (num_c, h0.shape[-1])).copy()
+        if h.shape[1] != len(paths):
+            raise ValueError(f"init_path_flow has {h.shape[1]} paths, the path set {len(paths)}")
+    delta = paths.matrix()
+    v = (delta.T @ h.T).T  # (C, E)
+    gaps = np.full(num_c, np.inf)
+    iters = np.zeros(num_c, dtype=np.int64)
+    nsweeps = np.zeros(num_c, dtype=np.int64)
+    active = np.arange(num_c)
+    history: list[float] = []
+    for _ in range(max_iter):
+        sub = costs.subset(active)
+        t = sub.time(v[active])
+        kappa, added = _dijkstra_round(network, paths, t, add=True)
+        iters[active] += 1
+        tv = (t * v[active]).sum(-1)
+        gaps[active] = (tv - kappa @ q) / tv
+        history.append(float(gaps[active].max()))
+        done = gaps[active] <= gap
+        active = active[~done]
+        if len(active) == 0:
+            break
+        if added:
+            h = np.concatenate([h, np.zeros((num_c, len(paths) - h.shape[1]))], axis=1)
+        ha = h[active]
+        va = (paths.matrix().T @ ha.T).T  # recompute v from h (no drift)
+        for _ in range(sweeps):
+            _sweep(sub.subset(~done), paths, ha, va, repeat)
+        nsweeps[active] += sweeps
+        h[active] = ha
+        v[active] = va
+    if h.shape[1] < len(paths):
+        h = np.concatenate([h, np.zeros((num_c, len(paths) - h.shape[1]))], axis=1)
+    converged = gaps <= gap
+    if not converged.all():
+        msg = (
+            f"traffic assignment: {int((~converged).sum())} of {num_c} contexts above the target gap {gap:g} "
+            f"after {max_iter} rounds (largest gap {gaps.max():.3e}); raise max_iter or loosen gap"
+        )
+        if throw:
+            raise RuntimeError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    return AssignmentResult(
+        link_flow=v,
+        gap=gaps,
+        converged=converged,
+        iterations=iters,
+        sweeps=nsweeps,
+        path_flow=h,
+        paths=paths,
+        seconds=time.perf_counter() - start,
+        history=history,
+    )

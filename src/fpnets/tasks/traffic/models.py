@@ -1,0 +1,318 @@
+"""Models that map a context d to equilibrium link flows X̂(d) (B, E), in vehicles.
+
+- :class:`TrafficNFPN`: the N-FPN of McKenzie et al. Latent z ∈ R^{K×E} (the flow of each
+  commodity k on each link; commodities are origins by default, or OD pairs), and
+
+      x = P_C1(z),  y = P_C2(2x − z − α F(x; d)),  T(z; d) = z − x + y        (Davis–Yin splitting)
+
+  with C1 = {z ≥ 0, z_k = 0 on links that pass through another zone below the first thru node},
+  C2 = {N z_k = b_k for every k} (flow conservation, projection from a truncated SVD of the
+  node–link incidence N, :class:`fpnets.operators.affine.AffineProjection`) and the game gradient
+  F(x; d)_k = F_Θ(Σ_k x_k, d) for every k (one learned link-cost vector). At the fixed point z*,
+  x* = P_C1(z*) solves the variational inequality ⟨F(x*), x − x*⟩ ≥ 0 for all x ∈ C1 ∩ C2, and
+  the output is X̂ = s · Σ_k P_C1(z*)_k (s: the flow scale; the latent works in units of s).
+  Two forms of F_Θ:
+
+  * ``variant="nfpn"``: the paper's network, F_Θ(X, d) = σ(F_x(X) ⊙ F_d(d)) with tanh MLPs
+    F_x: E → h → E → E and F_d: m → h → h → E → E (σ = LeakyReLU(0.1)); 45,956 parameters on Sioux
+    Falls with h = 100. No monotonicity: T is not guaranteed to be averaged.
+  * ``variant="averaged"``: F_Θ(X, d) = μ X + Aᵀ σ(A X + g(d)) + c(d), σ = LeakyReLU (slope in
+    [0, 1]), A a :class:`fpnets.layers.SpectralLinear` with ‖A‖₂ ≤ a. This is the gradient of the
+    convex function μ/2 ‖X‖² + Σ ψ(A X + g(d)) + c(d)·X (ψ′ = σ) whose gradient is L-Lipschitz with
+    L = μ + a², so F_Θ is 1/L-cocoercive (Baillon–Haddad), and the broadcast
+    F(x)_k = F_Θ(Σ_k x_k) is 1/(K L)-cocoercive on R^{K×E}. Davis–Yin splitting with a cocoercive
+    F of constant β and 0 < α < 2β is averaged (Davis & Yin 2017, Prop. 2.1), so T is averaged for
+    every parameter value when α < 2 / (K L); the constructor checks this condition.
+
+- :class:`ExplicitTrafficNet`: an MLP d → X̂ with (about) a given parameter count.
+- :class:`MeanCapacityBaseline`: no learning; the equilibrium under the mean capacities.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..._fixed_point import fixed_point
+from ..._solution import Solution
+from ...backward import JFB, Backward
+from ...layers import SpectralLinear
+from ...operators.affine import AffineProjection
+from ...solvers import Picard, Solver
+from .network import Network
+
+__all__ = [
+    "ExplicitTrafficNet",
+    "MeanCapacityBaseline",
+    "TrafficNFPN",
+    "explicit_hidden_size",
+    "traffic_loss",
+]
+
+VARIANTS = ("nfpn", "averaged")
+
+
+def traffic_loss(pred: Tensor, target: Tensor, scale: float) -> Tensor:
+    """Mean squared error of link flows in units of ``scale``: mean(((X̂ − X) / s)²)."""
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"traffic_loss: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+        )
+    return (((pred - target) / scale) ** 2).mean()
+
+
+class PaperGameGradient(nn.Module):
+    """F_Θ(X, d) = LeakyReLU(F_x(X) ⊙ F_d(d)), the paper's parameterisation (X normalised link flows)."""
+
+    def __init__(self, num_links: int, context_dim: int, hidden: int = 100) -> None:
+        super().__init__()
+        self.fd = nn.ModuleList(
+            [nn.Linear(context_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, num_links)]
+        )
+        self.fd_out = nn.Linear(num_links, num_links)
+        self.fx = nn.ModuleList([nn.Linear(num_links, hidden), nn.Linear(hidden, num_links)])
+        self.fx_out = nn.Linear(num_links, num_links)
+
+    def context_features(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
+        h = d
+        for layer in self.fd:
+            h = torch.tanh(layer(h))
+        return F.leaky_relu(self.fd_out(h), 0.1)
+
+    def forward(self, x: Tensor, cd: Tensor) -> Tensor:  # (B, E), (B, E) -> (B, E)
+        h = x
+        for layer in self.fx:
+            h = torch.tanh(layer(h))
+        return F.leaky_relu(F.leaky_relu(self.fx_out(h), 0.1) * cd, 0.1)
+
+
+class CocoerciveGameGradient(nn.Module):
+    """F_Θ(X, d) = μ X + Aᵀ σ(A X + g(d)) + c(d), 1/L-cocoercive in X with L = μ + a² (see module doc)."""
+
+    def __init__(
+        self,
+        num_links: int,
+        context_dim: int,
+        hidden: int = 128,
+        *,
+        mu: float = 0.1,
+        bound: float = 1.0,
+        slope: float = 0.1,
+        context_hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        if mu < 0 or bound <= 0 or not 0 <= slope <= 1:
+            raise ValueError("CocoerciveGameGradient: need mu >= 0, bound > 0 and slope in [0, 1]")
+        self.mu = mu
+        self.bound = bound
+        self.slope = slope
+        self.a = SpectralLinear(num_links, hidden, bias=False, bound=bound)
+        self.context_net = nn.Sequential(
+            nn.Linear(context_dim, context_hidden), nn.Tanh(), nn.Linear(context_hidden, hidden + num_links)
+        )
+        self.hidden = hidden
+
+    @property
+    def lipschitz(self) -> float:
+        """L = μ + a² · max σ′, an upper bound of the Lipschitz constant of F_Θ(·, d) for every d."""
+        return self.mu + self.bound**2 * max(1.0, self.slope)
+
+    def context_features(self, d: Tensor) -> Tensor:  # (B, m) -> (B, hidden + E): [g(d), c(d)]
+        return self.context_net(d)
+
+    def forward(self, x: Tensor, cd: Tensor) -> Tensor:  # (B, E), (B, hidden + E) -> (B, E)
+        g, c = cd[:, : self.hidden], cd[:, self.hidden :]
+        w = self.a.effective_weight()  # (hidden, E)
+        return self.mu * x + F.leaky_relu(x @ w.T + g, self.slope) @ w + c
+
+
+class TrafficNFPN(nn.Module):
+    """N-FPN for traffic equilibria: X̂(d) = s · Σ_k P_C1(z*)_k with z* = T(z*; d) (module doc).
+
+    Args:
+        network: the road network (incidence, demand, first thru node).
+        flow_scale: s, link flows are divided by s inside the latent (e.g. the mean training flow).
+        context_dim: m.
+        variant: "nfpn" (the paper's F_Θ) or "averaged" (cocoercive F_Θ; T averaged by construction).
+        commodity: "origin" (K = origins) or "od" (K = OD pairs, as in the paper).
+        alpha: α, the DYS step (1e-2 in the paper).
+        hidden: width of F_Θ; default 100 for "nfpn" (the paper's 45,956 parameters on Sioux Falls)
+            and 286 for "averaged" (45,970 parameters on Sioux Falls).
+        mu, bound: μ and a of the averaged variant.
+        context_scale: contexts are divided by it before F_Θ (d = 10 U[0, 1]^m → [0, 1]).
+        solver, backward: fpnets solver (default Picard(tol, max_iter)) and backward mode (default JFB).
+        tol, max_iter: default solver tolerance (1e-4) and cap (50), as in the paper.
+        warn: warn when a forward solve misses the tolerance.
+
+    Attributes:
+        solution: the :class:`fpnets.Solution` of the last forward (detached).
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        flow_scale: float,
+        *,
+        context_dim: int = 10,
+        variant: str = "nfpn",
+        commodity: str = "origin",
+        alpha: float = 1e-2,
+        hidden: int | None = None,
+        mu: float = 0.1,
+        bound: float = 1.0,
+        context_scale: float = 10.0,
+        solver: Solver | None = None,
+        backward: Backward | None = None,
+        tol: float = 1e-4,
+        max_iter: int = 50,
+        warn: bool = False,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+        if not (flow_scale > 0 and math.isfinite(flow_scale)):
+            raise ValueError(f"flow_scale must be positive and finite, got {flow_scale!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be positive, got {alpha!r}")
+        self.variant = variant
+        self.commodity = commodity
+        self.alpha = float(alpha)
+        self.flow_scale = float(flow_scale)
+        self.context_scale = float(context_scale)
+        self.num_links = network.num_links
+        b = network.commodity_demand(commodity) / flow_scale  # (K, n)
+        self.num_commodities = b.shape[0]
+        self.projection = AffineProjection(torch.as_tensor(network.incidence, dtype=torch.float64))
+        offset = self.projection.offset(torch.as_tensor(b, dtype=torch.float64))  # (K, E) N⁺ b_k
+        self.projection.float()
+        self.register_buffer("offset", offset.float())
+        self.register_buffer(
+            "allowed", torch.as_tensor(~network.forbidden_links(commodity), dtype=torch.float32)
+        )
+        if variant == "nfpn":
+            self.game: nn.Module = PaperGameGradient(
+                self.num_links, context_dim, 100 if hidden is None else hidden
+            )
+        else:
+            width = 286 if hidden is None else hidden
+            self.game = CocoerciveGameGradient(self.num_links, context_dim, width, mu=mu, bound=bound)
+            limit = self.averaged_step_limit()
+            if not self.alpha < limit:
+                raise ValueError(
+                    f"TrafficNFPN(variant='averaged'): alpha={alpha:g} must be below 2/(K L) = {limit:.4g} "
+                    f"(K = {self.num_commodities} commodities, L = {self.game.lipschitz:g}) for T to be averaged; "
+                    "lower alpha, mu or bound"
+                )
+        self.solver = Picard(tol=tol, max_iter=max_iter) if solver is None else solver
+        self.backward_mode = JFB() if backward is None else backward
+        self.warn = warn
+        self.solution: Solution | None = None
+
+    def averaged_step_limit(self) -> float:
+        """2 / (K L): DYS is averaged for α below it (variant "averaged"; inf is not claimed for "nfpn")."""
+        if self.variant != "averaged":
+            raise ValueError("averaged_step_limit: only the 'averaged' variant has a cocoercive F_Θ")
+        return 2.0 / (self.num_commodities * self.game.lipschitz)
+
+    def project_c1(self, z: Tensor) -> Tensor:  # (B, K, E) -> (B, K, E)
+        return z.clamp_min(0.0) * self.allowed
+
+    def project_c2(self, z: Tensor) -> Tensor:  # (B, K, E) -> (B, K, E)
+        return self.projection(z, offset=self.offset)
+
+    def game_gradient(self, x: Tensor, cd: Tensor) -> Tensor:
+        """F(x; d)_k = F_Θ(Σ_k x_k, d): (B, K, E) -> (B, K, E) (broadcast over k)."""
+        return self.game(x.sum(1), cd).unsqueeze(1).expand_as(x)
+
+    def operator(self, z: Tensor, cd: Tensor) -> Tensor:
+        """T(z; d) = z − x + P_C2(2x − z − α F(x; d)), x = P_C1(z): (B, K, E), (B, ·) -> (B, K, E)."""
+        x = self.project_c1(z)
+        y = self.project_c2(2.0 * x - z - self.alpha * self.game_gradient(x, cd))
+        return z - x + y
+
+    def readout(self, z: Tensor) -> Tensor:
+        """X̂ = s · Σ_k P_C1(z)_k: (B, K, E) -> (B, E) in vehicles."""
+        return self.flow_scale * self.project_c1(z).sum(1)
+
+    def initial_latent(self, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """z₀ = P_C2(0) = N⁺ b_k (flow-conserving), (B, K, E)."""
+        return self.offset.to(dtype=dtype, device=device).unsqueeze(0).expand(batch, -1, -1).contiguous()
+
+    def forward(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
+        if d.dim() != 2:
+            raise ValueError(f"TrafficNFPN expects contexts of shape (B, m), got {tuple(d.shape)}")
+        if not torch.isfinite(d).all():
+            raise ValueError("TrafficNFPN: contexts hold NaN or Inf")
+        cd = self.game.context_features(d / self.context_scale)  # (B, ·)
+        z0 = self.initial_latent(d.shape[0], cd.dtype, cd.device)
+        sol = fixed_point(
+            self.operator, z0, cd, solver=self.solver, backward=self.backward_mode, warn=self.warn
+        )
+        self.solution = sol.detached()
+        return self.readout(sol.value)
+
+
+def explicit_hidden_size(num_params: int, context_dim: int, num_links: int) -> int:
+    """h such that the two-hidden-layer MLP m → h → h → E has about ``num_params`` parameters."""
+    # params = h² + (m + E + 2) h + E
+    b = context_dim + num_links + 2
+    h = (-b + math.sqrt(b * b + 4 * max(num_params - num_links, 0))) / 2
+    return max(1, round(h))
+
+
+class ExplicitTrafficNet(nn.Module):
+    """X̂(d) = s · softplus(MLP(d / 10)), an MLP m → h → h → E (tanh), sized to ``num_params``."""
+
+    def __init__(
+        self,
+        num_links: int,
+        flow_scale: float,
+        *,
+        context_dim: int = 10,
+        num_params: int = 45956,
+        hidden: int | None = None,
+        context_scale: float = 10.0,
+    ) -> None:
+        super().__init__()
+        h = explicit_hidden_size(num_params, context_dim, num_links) if hidden is None else hidden
+        self.net = nn.Sequential(
+            nn.Linear(context_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, num_links)
+        )
+        self.flow_scale = float(flow_scale)
+        self.context_scale = float(context_scale)
+        self.solution: Solution | None = None  # no fixed point
+
+    def forward(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
+        return self.flow_scale * F.softplus(self.net(d / self.context_scale))
+
+
+class MeanCapacityBaseline(nn.Module):
+    """X̂(d) = the equilibrium under the mean training capacities, for every d (no learning)."""
+
+    def __init__(self, flow: Any) -> None:
+        super().__init__()
+        self.register_buffer("flow", torch.as_tensor(np.asarray(flow), dtype=torch.float32))
+        self.solution: Solution | None = None
+
+    @classmethod
+    def from_data(cls, data: Any, *, gap: float = 1e-8) -> MeanCapacityBaseline:
+        """Solve the equilibrium with c̄ = mean over the training contexts of c(d) (a TrafficData)."""
+        from .assignment import solve_equilibrium
+        from .network import LinkCosts
+
+        network = data.network
+        mean_cap = data.capacities(data.train.context).mean(0, keepdims=True)  # (1, E)
+        e = network.num_links
+        costs = LinkCosts(
+            network.free_flow_time, mean_cap, np.full(e, data.model.b), np.full(e, data.model.power)
+        )
+        res = solve_equilibrium(network, costs, gap=gap, throw=True)
+        return cls(res.link_flow[0])
+
+    def forward(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
+        return self.flow.to(d.dtype).unsqueeze(0).expand(d.shape[0], -1)
