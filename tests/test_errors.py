@@ -174,6 +174,7 @@ MID_SOLVE = {
     ),
     "broadcastable shape": (lambda y: y[:, :1], ValueError, r"shape \((\d), 1\) vs its input \(\1, 3\)"),
     "dtype": (lambda y: y.double(), ValueError, r"dtype torch.float64 vs its input torch.float32"),
+    "device": (lambda y: torch.empty_like(y, device="meta"), ValueError, r"device meta vs its input cpu"),
     "non-tensor": (lambda y: (y,), TypeError, r"returned tuple, expected a Tensor like its input"),
 }
 
