@@ -224,6 +224,10 @@ class ContractiveNashFPN(_GameFPN):
         self.offset = nn.Sequential(
             nn.Linear(context_dim, h), nn.LeakyReLU(negative_slope), nn.Linear(h, 2 * n_actions)
         )  # c(d)
+        # c ≡ 0 at the start: the first fixed points are interior (a vertex output has a zero
+        # projection Jacobian, hence a zero gradient, for JFB and the exact gradient alike)
+        nn.init.zeros_(self.offset[-1].weight)
+        nn.init.zeros_(self.offset[-1].bias)
 
     @property
     def contraction_bound(self) -> float:

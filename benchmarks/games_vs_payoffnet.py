@@ -1,0 +1,234 @@
+"""Contextual matrix games: N-FPN (and its contractive variant) against Payoff-Net.
+
+For each number of actions n, one dataset is generated (contexts d ~ U[0, 1]³, antisymmetric payoff
+B(d) with free entries W d, exact QRE targets; see docs/games.md) and every model is trained on it
+with the same epochs, Adam, batch size and data order. The learning rate is reduced on plateaus of
+the validation MSE (the test split is evaluated once, after the last epoch). Reported per (n, model):
+test MSE to the exact QRE, QRE residual and duality gap of the predictions under the true games,
+forward iterations, parameters, and training time (wall clock; meaningful only on an idle machine).
+
+The paper (McKenzie et al. 2021, CPU, n = 5…25, 2000 training games, 100 epochs, batch 200) reports
+a lower test MSE for the N-FPN than for Payoff-Net at 3–6× less training time for n ≤ 15. The
+defaults here are small, to run in a few minutes; the paper's scale is
+
+    python benchmarks/games_vs_payoffnet.py --sizes 5,10,15,20,25 --train 2000 --test 100 --epochs 100 \\
+        --batch 200 --data-dir ../shared/data/games --out benchmarks/results/games.json
+
+Learning rates default to the authors' (N-FPN: 1e-2 for n < 25, else 1e-3; Payoff-Net: 1e-1);
+``--lr`` overrides all. Payoff-Net's hidden width is chosen so its parameter count is closest to the
+N-FPN's (``--payoff-hidden 3`` gives the authors' network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+import fpnets
+from fpnets.tasks.games import (
+    ContractiveNashFPN,
+    GameData,
+    GameDataConfig,
+    NashFPN,
+    PayoffNet,
+    game_metrics,
+    load_games,
+    mse_loss,
+    payoff_net_hidden_for,
+)
+
+from common import choose, command_line, environment, fmt, markdown_table, script_parser, write_json
+
+MODEL_NAMES = ("nfpn", "contractive", "payoffnet")
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--sizes must be a comma-separated list of integers, got {text!r}") from None
+    if not sizes or any(n < 2 for n in sizes):
+        raise SystemExit(f"--sizes must list integers >= 2, got {text!r}")
+    return sizes
+
+
+def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
+    solver = fpnets.Picard(tol=args.fp_tol, max_iter=args.fp_max_iter)
+    if name == "nfpn":
+        return NashFPN(n, k, solver=solver, warn=False)
+    if name == "contractive":
+        opts = {key: getattr(args, key) for key in ("mu", "rho") if getattr(args, key) is not None}
+        return ContractiveNashFPN(n, k, solver=solver, warn=False, **opts)
+    if args.payoff_hidden == "match":
+        hidden = payoff_net_hidden_for(sum(p.numel() for p in NashFPN(n, k).parameters()), n, k)
+    else:
+        hidden = int(args.payoff_hidden)
+    return PayoffNet(n, k, hidden=hidden)
+
+
+def learning_rate(name: str, n: int, args: argparse.Namespace) -> float:
+    if args.lr is not None:
+        return args.lr
+    if name == "payoffnet":
+        return 1e-1
+    return 1e-2 if n < 25 else 1e-3
+
+
+def evaluate(model: nn.Module, data: GameData, split: str, batch: int) -> dict[str, float]:
+    """Mean of every metric over a split (float32 model, float64 metrics)."""
+    s = data.split(split)
+    model.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for i in range(0, len(s), batch):
+            d, x = s.context[i : i + batch], s.target[i : i + batch]
+            pred = model(d.float())
+            sol = getattr(model, "solution", None)
+            its = None if sol is None else sol.iterations
+            for key, v in game_metrics(pred, x, data.payoff(d), its).items():
+                sums[key] = sums.get(key, 0.0) + float(v.sum())
+    return {k: v / len(s) for k, v in sums.items()}
+
+
+def train(model: nn.Module, data: GameData, lr: float, args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min")
+    d_train, x_train = data.train.context.float(), data.train.target.float()
+    order = torch.Generator().manual_seed(args.seed)
+    history: list[dict[str, float]] = []
+    seconds = 0.0
+    for epoch in range(args.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(data.train), generator=order)
+        total, batches = 0.0, 0
+        for i in range(0, len(perm), args.batch):
+            idx = perm[i : i + args.batch]
+            opt.zero_grad(set_to_none=True)
+            loss = mse_loss(model(d_train[idx]), x_train[idx])
+            loss.backward()
+            opt.step()
+            total, batches = total + float(loss.detach()), batches + 1
+        seconds += time.perf_counter() - t0
+        val = evaluate(model, data, "val", args.eval_batch) if len(data.val) else {}
+        if val:
+            sched.step(val["mse"])
+        row = {"epoch": epoch + 1, "train_loss": total / batches, "lr": opt.param_groups[0]["lr"]}
+        row.update({f"val_{k}": v for k, v in val.items()})
+        history.append(row)
+        if not math.isfinite(row["train_loss"]):
+            break
+    return {"train_time_s": seconds, "history": history}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = script_parser(__doc__)
+    p.add_argument("--sizes", default="5,10,25,50", help="numbers of actions n (comma-separated)")
+    p.add_argument("--models", default=",".join(MODEL_NAMES), help=f"subset of {','.join(MODEL_NAMES)}")
+    p.add_argument("--train", type=int, default=500, help="training games")
+    p.add_argument("--val", type=int, default=100, help="validation games (learning-rate schedule)")
+    p.add_argument("--test", type=int, default=200, help="test games")
+    p.add_argument("--context-dim", type=int, default=3)
+    p.add_argument("--payoff-low", type=float, default=0.0, help="W ~ U[low, high] (the authors: 0)")
+    p.add_argument("--payoff-high", type=float, default=10.0, help="(the authors: 10)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--eval-batch", type=int, default=500)
+    p.add_argument(
+        "--lr", type=float, default=None, help="learning rate for every model (default: the authors')"
+    )
+    p.add_argument("--fp-tol", type=float, default=1e-5, help="N-FPN forward tolerance (the authors': 1e-5)")
+    p.add_argument(
+        "--fp-max-iter", type=int, default=100, help="N-FPN forward iteration cap (the authors': 100)"
+    )
+    p.add_argument(
+        "--mu", type=float, default=None, help="μ of the contractive variant (default: the model's)"
+    )
+    p.add_argument(
+        "--rho", type=float, default=None, help="ρ of the contractive variant (default: the model's)"
+    )
+    p.add_argument(
+        "--payoff-hidden", default="match", help="Payoff-Net hidden width, or 'match' (parameter count)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--data-dir", default=None, help="cache directory for the generated games (default: no cache)"
+    )
+    p.add_argument("--out", default=None, help="JSON output path")
+    args = p.parse_args(argv)
+    sizes = parse_sizes(args.sizes)
+    names = choose(args.models, MODEL_NAMES, "model")
+    if args.payoff_hidden != "match" and not args.payoff_hidden.isdigit():
+        raise SystemExit(f"--payoff-hidden must be a positive integer or 'match', got {args.payoff_hidden!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    payload: dict[str, Any] = {"command": command_line(), "environment": environment(), "args": vars(args)}
+    for n in sizes:
+        cfg = GameDataConfig(
+            n,
+            args.context_dim,
+            n_train=args.train,
+            n_val=args.val,
+            n_test=args.test,
+            seed=args.seed,
+            payoff_low=args.payoff_low,
+            payoff_high=args.payoff_high,
+        )
+        t0 = time.perf_counter()
+        data = load_games(cfg, args.data_dir)
+        data_s = time.perf_counter() - t0
+        for name in names:
+            torch.manual_seed(args.seed)
+            model = build(name, n, args.context_dim, args)
+            lr = learning_rate(name, n, args)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fpnets.ConvergenceWarning)
+                run = train(model, data, lr, args)
+                test = evaluate(model, data, "test", args.eval_batch)
+            row = {
+                "n": n,
+                "model": name,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "lr": lr,
+                "epochs": len(run["history"]),
+                "data_s": data_s,
+                "train_time_s": run["train_time_s"],
+                **{f"test_{k}": v for k, v in test.items()},
+                "history": run["history"],
+            }
+            if isinstance(model, ContractiveNashFPN):
+                row["contraction_bound"] = model.contraction_bound
+            rows.append(row)
+            payload["rows"] = rows
+            write_json(args.out, payload)  # after every model: a partial result survives
+    table = [
+        [
+            r["n"],
+            r["model"],
+            r["parameters"],
+            fmt(r["test_mse"], ".3e"),
+            fmt(r["test_qre_residual"], ".3e"),
+            fmt(r["test_duality_gap"], ".3e"),
+            fmt(r.get("test_iterations"), ".1f"),
+            fmt(r["train_time_s"], ".1f"),
+        ]
+        for r in rows
+    ]
+    header = ["n", "model", "params", "test MSE", "QRE residual", "duality gap", "iterations", "train s"]
+    print(markdown_table(header, table))
+    payload["rows"] = rows
+    write_json(args.out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
