@@ -38,7 +38,7 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--set", "train.epochs=2", "--device", "cpu", *TINY]) == 0
     out = capsys.readouterr().out
-    assert "training digits-jfb" in out and "parameters" in out
+    assert "training digits-fpn" in out and "parameters" in out
     assert re.search(r"epoch 1/2  train loss \d\.\d+ acc [\d.]+%  val loss", out)
     accs = _accuracies(out)
     assert set(accs) == {"val", "test"}
@@ -80,11 +80,11 @@ def test_resume_without_a_run_takes_the_latest(tmp_path: Path, capsys) -> None:
     root = ["--set", f'run.root="{tmp_path}"']
     assert main(["train", *root, "--set", "train.epochs=1", "--quiet", *TINY]) == 0
     (run,) = tmp_path.iterdir()
-    assert re.fullmatch(r"digits-jfb-\d{8}-\d{6}", run.name)
+    assert re.fullmatch(r"digits-fpn-\d{8}-\d{6}", run.name)
     capsys.readouterr()
     assert main(["train", "--resume", *root, "--set", "train.epochs=2", *TINY]) == 0
     out = capsys.readouterr().out
-    assert "resuming digits-jfb" in out and "from epoch 1" in out and "epoch 1/2" not in out
+    assert "resuming digits-fpn" in out and "from epoch 1" in out and "epoch 1/2" not in out
     assert [r["epoch"] for r in read_metrics_csv(run / "metrics.csv")] == [1, 2]
     assert list(tmp_path.iterdir()) == [run]
 
@@ -131,7 +131,7 @@ def test_bad_model_option_is_a_one_line_error(tmp_path: Path, capsys) -> None:
 
 
 def test_nothing_to_resume_is_a_one_line_error(tmp_path: Path, capsys) -> None:
-    _fails(["train", "--resume", "--set", f'run.root="{tmp_path}"'], capsys, r"no run of 'digits-jfb'")
+    _fails(["train", "--resume", "--set", f'run.root="{tmp_path}"'], capsys, r"no run of 'digits-fpn'")
     _fails(["train", "--resume", str(tmp_path / "gone")], capsys, r"no checkpoint|not a run directory")
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fpnets.tasks.classification import ClassificationModel
 from fpnets.train import (
-    VARIANTS,
     Config,
     ConfigError,
     bundled_dir,
@@ -20,7 +20,7 @@ from fpnets.train import (
     parse_override,
     resolve,
 )
-from fpnets.train._config import parse_value
+from fpnets.train._engine import parse_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,6 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ClassificationModel.choices["variant"]
 PAPER_CONFIGS = ("digits", "mnist", "fashion-mnist", "svhn", "cifar10", "cifar10-unaugmented")
 
 
@@ -48,8 +49,8 @@ def test_every_config_and_variant_resolves_and_round_trips(name: str, variant: s
 
 def test_default_config_is_digits() -> None:
     cfg = load_config()
-    assert (cfg.data.name, cfg.model.arch, cfg.model.variant) == ("digits", "digits", "jfb")
-    assert cfg.run_name == "digits-jfb"
+    assert (cfg.data.name, cfg.model.arch, cfg.model.variant) == ("digits", "digits", "fpn")
+    assert cfg.run_name == "digits-fpn"
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ def test_mapping_overrides() -> None:
     ("override", "match"),
     [
         ("train.epoch=3", r"unknown key 'epoch' in \[train\]; valid keys: epochs, seed, select"),
-        ("trian.epochs=3", r"unknown section 'trian'; valid sections: data, model, solver"),
+        ("trian.epochs=3", r"unknown section 'trian'; valid sections: task, data, model, solver"),
         ("solver=3", r"name a key inside \[solver\]"),
         ("solver.tol.x=1", r"solver.tol is not a table"),
         ("variants.jacobian.solver.tol=1", r"choose a variant with model.variant"),
@@ -159,7 +160,7 @@ def test_bad_override_keys(override: str, match: str) -> None:
         ("solver.tol=abc", r'solver.tol must be a number or unset, got "abc"'),
         ("optim.betas=[0.9, true]", r"optim.betas\[1\] must be a number, got true"),
         ("solver.options=3", r"solver.options must be a table, got 3"),
-        ("model.variant=fancy", r"model.variant must be one of jfb, jacobian, explicit, contractive"),
+        ("model.variant=fancy", r"model.variant must be one of fpn, jacobian, explicit, contractive"),
         ("run.dtype=float16", r"run.dtype must be one of float32, float64"),
         ("optim.scheduler=cosine", r"optim.scheduler must be one of none, step"),
         ("data.augment=mixup", r"data.augment must be one of none, cifar10, cifar10-pixel"),
@@ -195,7 +196,9 @@ def test_unknown_key_in_a_file_lists_the_keys_of_its_table(tmp_path: Path) -> No
 
 
 def test_unknown_section_in_a_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"unknown section\(s\) 'optimizer'; valid sections: data, model"):
+    with pytest.raises(
+        ConfigError, match=r"unknown section\(s\) 'optimizer'; valid sections: task, data, model"
+    ):
         load_config(_write(tmp_path, "[optimizer]\nlr = 1\n"))
 
 
@@ -207,13 +210,13 @@ def test_section_must_be_a_table(tmp_path: Path) -> None:
 def test_unknown_variant_table(tmp_path: Path) -> None:
     path = _write(tmp_path, "[variants.ift.solver]\ntol = 1\n")
     with pytest.raises(
-        ConfigError, match=r"unknown variant table\(s\) 'ift' in \[variants\]; valid variants: jfb"
+        ConfigError, match=r"unknown variant table\(s\) 'ift' in \[variants\]; valid variants: fpn"
     ):
         load_config(path)
 
 
 def test_variant_table_cannot_set_the_variant(tmp_path: Path) -> None:
-    path = _write(tmp_path, '[variants.jacobian.model]\nvariant = "jfb"\n')
+    path = _write(tmp_path, '[variants.jacobian.model]\nvariant = "fpn"\n')
     with pytest.raises(ConfigError, match=r"\[variants.jacobian.model\] must not set 'variant'"):
         load_config(path, ["model.variant=jacobian"])
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fpnets.tasks.classification import ClassificationTask
 from fpnets.train import (
-    COLUMNS,
     ConfigError,
+    columns,
     config_from_dict,
     evaluate_checkpoint,
     load_checkpoint,
     load_config,
-    load_data,
     read_metrics_csv,
     train,
 )
@@ -52,7 +52,7 @@ def tiny(*extra: str):
 
 @pytest.fixture(scope="module")
 def splits():
-    return load_data(tiny())
+    return tiny().make_task().load_splits(None)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_run_directory_contents(reference) -> None:
     assert config_from_dict(tomllib.loads((run / "config.toml").read_text())) == reference.config
     rows = read_metrics_csv(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert list(rows[0]) == list(COLUMNS)
+    assert list(rows[0]) == list(columns(ClassificationTask))
     for row in rows:
         assert 0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1
         assert 1 <= row["train_iters"] <= 10 and row["samples_per_s"] > 0 and row["lr"] == 2e-3
@@ -288,7 +288,7 @@ DDP_WORKER = """
 import os, sys, torch
 from safetensors.torch import save_file
 from fpnets.data import Split, Splits, dataset_info
-from fpnets.train import load_config, load_data, train
+from fpnets.train import load_config, train
 
 out = sys.argv[1]
 rank = os.environ["RANK"]

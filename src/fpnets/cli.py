@@ -18,6 +18,16 @@ from typing import Any
 
 EXIT_USAGE = 2
 
+_EXTRAS = {
+    "safetensors": "train",
+    "tqdm": "train",
+    "matplotlib": "train",
+    "sklearn": "train",
+    "scipy": "train",
+    "h5py": "ct",
+}
+"""Optional modules and the extra that installs each."""
+
 
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
@@ -68,13 +78,31 @@ def _resolve_train(args: argparse.Namespace) -> tuple[Any, Path | None]:
     return resolve(stored, sets, source=str(run)), run
 
 
-def _epoch_line(rec: dict[str, Any]) -> str:
+def _value(metric: Any, value: float | None) -> str:
+    if metric.percent:
+        return _pct(value)
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+def _scores(metrics: Sequence[Any], stats: dict[str, Any], prefix: str = "") -> str:
+    return " ".join(f"{m.name} {_value(m, stats.get(prefix + m.name))}" for m in metrics)
+
+
+def _summary(label: str, metrics: Sequence[Any], stats: dict[str, Any], details: str) -> str:
+    """``"<label> <metric> <value> ... (<details>)"``."""
+    return " ".join(p for p in (label, _scores(metrics, stats), f"({details})") if p)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _epoch_line(rec: dict[str, Any], metrics: Sequence[Any]) -> str:
     width = len(str(rec["epochs"]))
-    parts = [
-        f"epoch {rec['epoch']:>{width}}/{rec['epochs']}",
-        f"train loss {rec['train_loss']:.4f} acc {_pct(rec['train_acc'])}",
-        f"val loss {rec['val_loss']:.4f} acc {_pct(rec['val_acc'])}",
-    ]
+    parts = [f"epoch {rec['epoch']:>{width}}/{rec['epochs']}"]
+    for split in ("train", "val"):
+        scores = _scores(metrics, rec, f"{split}_")
+        parts.append(f"{split} loss {_loss(rec[f'{split}_loss'])}" + (f" {scores}" if scores else ""))
     if rec.get("train_iters") is not None:
         parts.append(f"iters {rec['train_iters']:.1f}")
     parts.append(f"{rec['samples_per_s']:,.0f} samples/s")
@@ -87,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config, resume = _resolve_train(args)
     quiet = args.quiet
+    metrics = config.task_class.metrics
 
     def on_start(info: dict[str, Any]) -> None:
         if quiet or info["rank"] != 0:
@@ -105,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_epoch_end(rec: dict[str, Any]) -> None:
         if not quiet and rec["rank"] == 0:
-            print(_epoch_line(rec), flush=True)
+            print(_epoch_line(rec, metrics), flush=True)
 
     result = train(
         config,
@@ -116,11 +145,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         on_epoch_end=on_epoch_end,
     )
     stop = ", stopped early" if result.stopped_early else ""
+    val, test = result.val, result.test
     _say(
         f"best epoch {result.best_epoch} of {len(result.history)}{stop}: "
-        f"val acc {_pct(result.val['acc'])} (loss {result.val['loss']:.4f})"
+        + _summary("val", metrics, val, f"loss {_loss(val['loss'])}")
     )
-    _say(f"test acc {_pct(result.test['acc'])} (loss {result.test['loss']:.4f}, n={result.test['n']})")
+    _say(_summary("test", metrics, test, f"loss {_loss(test['loss'])}, n={test['n']}"))
     _say(f"run directory: {result.run_dir}")
     return 0
 
@@ -138,11 +168,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _say(json.dumps(stats))
     else:
+        from .train import config_from_dict, load_checkpoint
+
+        metrics = config_from_dict(load_checkpoint(args.checkpoint, "best").meta["config"]).task_class.metrics
         iters = f", mean iterations {stats['iters']:.2f}" if stats["iters"] is not None else ""
-        _say(
-            f"{args.split} acc {_pct(stats['acc'])} (loss {stats['loss']:.4f}, n={stats['n']}{iters}; "
-            f"epoch {stats['epoch']}, {stats['checkpoint']})"
-        )
+        details = f"loss {_loss(stats['loss'])}, n={stats['n']}{iters}; epoch {stats['epoch']}, {stats['checkpoint']}"
+        _say(_summary(args.split, metrics, stats, details))
     return 0
 
 
@@ -248,6 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--threads must be >= 0")
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"fpnets: error: `fpnets {args.command}` needs the optional module {exc.name!r}: "
+            f"pip install 'fpnets[{extra}]'",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_USAGE
     except _expected_errors() as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__  # one line, however long
         print(f"fpnets: error: {message}", file=sys.stderr, flush=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,11 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._fixed_point import FixedPointLayer
+from .._regularize import jacobian_penalty
 from .._solution import Solution
 from ..backward import IFT, JFB, Backward, CGNormal
 from ..layers import SpectralConv2d, reference_rescale_
 from ..norms import max_channel_norm
-from ..registry import make_backward, make_solver
+from ..registry import backward_from_spec, solver_from_spec
 from ..solvers import Picard, Solver
 
 VARIANTS = ("fpn", "explicit", "jacobian", "contractive")
@@ -304,30 +304,18 @@ def default_solver_settings(cfg: ModelConfig, variant: str) -> tuple[float, int]
 
 
 def make_model_solver(spec: Any, cfg: ModelConfig, variant: str) -> Solver:
-    """The forward solver from the ``solver`` option.
+    """The forward solver from the ``solver`` option, by :func:`fpnets.registry.solver_from_spec`.
 
-    None: Picard with the family's tolerance and cap. A :class:`fpnets.Solver` object: used as it
-    is. A name or a mapping (``{"name": "anderson", "m": 5}``; name defaults to "picard"): built by
-    :func:`fpnets.make_solver`, with ``tol``/``max_iter`` defaulting to the family's. Solvers built
-    here measure residuals with :func:`fpnets.norms.max_channel_norm` (per sample), so tolerances
-    mean what they meant in the reference implementation.
+    None: Picard with the family's tolerance and cap, measuring residuals with
+    :func:`fpnets.norms.max_channel_norm` (per sample), so tolerances mean what they meant in the
+    reference implementation. A name or a mapping gets the same defaults (``name="picard"``,
+    ``tol``, ``max_iter``, ``norm="max_channel"``) for the options it leaves out; a solver object is used as
+    it is (its ``norm`` is its own: l2 unless given).
     """
     tol, max_iter = default_solver_settings(cfg, variant)
     if spec is None:
         return Picard(tol=tol, max_iter=max_iter, norm=max_channel_norm)
-    if isinstance(spec, Solver):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if isinstance(spec, Mapping):
-        options = dict(spec)
-        name = options.pop("name", "picard")
-        options.setdefault("tol", tol)
-        options.setdefault("max_iter", max_iter)
-        return dataclasses.replace(make_solver(name, **options), norm=max_channel_norm)
-    raise TypeError(
-        f"solver must be a fpnets Solver, a name or a mapping with a 'name' key, got {type(spec).__name__}"
-    )
+    return solver_from_spec(spec, {"name": "picard", "tol": tol, "max_iter": max_iter, "norm": "max_channel"})
 
 
 def make_model_backward(spec: Any, cfg: ModelConfig, variant: str) -> Backward:
@@ -335,26 +323,13 @@ def make_model_backward(spec: Any, cfg: ModelConfig, variant: str) -> Backward:
 
     None: :class:`fpnets.JFB`, except for the "jacobian" variant: ``IFT(CGNormal(tol=jacobian_tol,
     max_iter=jacobian_max_iter), warn=False)``, the paper's baseline (CG on the normal equations,
-    at most max_depth steps). A :class:`fpnets.Backward` object is used as it is; a name or a
-    mapping goes to :func:`fpnets.make_backward`.
+    at most max_depth steps). Otherwise :func:`fpnets.registry.backward_from_spec`.
     """
     if spec is None:
         if variant == "jacobian":
             return IFT(CGNormal(tol=cfg.jacobian_tol, max_iter=cfg.jacobian_max_iter), warn=False)
         return JFB()
-    if isinstance(spec, Backward):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if isinstance(spec, Mapping):
-        options = dict(spec)
-        if "name" not in options:
-            raise ValueError("backward: a mapping needs a 'name' key (jfb, ift, neumann, unrolled)")
-        return make_backward(options.pop("name"), **options)
-    raise TypeError(
-        f"backward must be a fpnets Backward, a name or a mapping with a 'name' key, "
-        f"got {type(spec).__name__}"
-    )
+    return backward_from_spec(spec)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,6 +392,7 @@ class FixedPointNetwork(nn.Module):
         self.latent = FixedPointLayer(operator, solver, backward, warn=warn, compile=compile)
         self.readout = readout
         self._rescale_point: tuple[Tensor, Tensor] | None = None
+        self._last_point: tuple[Tensor, Tensor] | None = None
         self.memory_format = torch.contiguous_format
 
     def channels_last_(self, enabled: bool = True) -> FixedPointNetwork:
@@ -469,9 +445,20 @@ class FixedPointNetwork(nn.Module):
         else:
             at = torch.zeros_like(x)
             u = self.operator(at, x)  # (B, C, H, W) R(0, x)
-        if self.training and self.lipschitz == "reference":
-            self._rescale_point = (at.detach(), x.detach())
+        if self.training:
+            self._last_point = (at.detach(), x.detach())
+            if self.lipschitz == "reference":
+                self._rescale_point = self._last_point
         return self.readout(u)
+
+    def jacobian_penalty(self, probes: int = 1) -> Tensor:
+        """Hutchinson estimate of ‖∂R/∂u‖²_F / n at the (u*, Q(d)) of the last training forward
+        (Bai, Koltun, Kolter 2021), differentiable in R's parameters: add λ times it to the loss."""
+        if self._last_point is None:
+            raise RuntimeError("jacobian_penalty needs a training-mode forward first")
+        u, x = self._last_point
+        op = self.operator
+        return jacobian_penalty(lambda z: op(z, x), u, samples=probes)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> float | None:

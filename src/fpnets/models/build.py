@@ -21,19 +21,18 @@ from .base import (
 
 @dataclass(frozen=True)
 class Arch:
-    """An architecture: its config class, its builder and the dataset it was designed for."""
+    """An architecture: its config class and its builder."""
 
     config: type[ModelConfig]
     build_parts: Callable[[Any, str], Parts]
-    dataset: str
 
 
 ARCH_TABLE: dict[str, Arch] = {
-    "digits": Arch(digits.DigitsConfig, digits.build_parts, "digits"),
-    "mnist": Arch(mnist.MNISTConfig, mnist.build_parts, "mnist"),
-    "svhn": Arch(svhn.SVHNConfig, svhn.build_parts, "svhn"),
-    "cifar10": Arch(cifar10.CIFAR10Config, cifar10.build_parts, "cifar10"),
-    "cifar10-unaugmented": Arch(svhn.CIFAR10UnaugmentedConfig, svhn.build_parts, "cifar10"),
+    "digits": Arch(digits.DigitsConfig, digits.build_parts),
+    "mnist": Arch(mnist.MNISTConfig, mnist.build_parts),
+    "svhn": Arch(svhn.SVHNConfig, svhn.build_parts),
+    "cifar10": Arch(cifar10.CIFAR10Config, cifar10.build_parts),
+    "cifar10-unaugmented": Arch(svhn.CIFAR10UnaugmentedConfig, svhn.build_parts),
 }
 
 ARCHS = tuple(ARCH_TABLE)
@@ -56,9 +55,9 @@ def build_model(arch: str, variant: str = "fpn", **options: Any) -> FixedPointNe
     """Build a network of architecture ``arch`` (see :data:`ARCHS`) in ``variant`` (see :data:`VARIANTS`).
 
     Options (unknown ones raise ValueError listing the valid ones):
-        solver: forward solver: a :class:`fpnets.Solver`, a name, or a mapping
-            ``{"name": ..., ...}`` (tol/max_iter default to the architecture's; residuals measured
-            with :func:`fpnets.norms.max_channel_norm`). Default: Picard with the architecture's
+        solver: forward solver: a :class:`fpnets.Solver` (used as it is), a name, or a mapping
+            ``{"name": ..., ...}`` (tol, max_iter and norm default to the architecture's: its
+            tolerances and :func:`fpnets.norms.max_channel_norm`). Default: Picard with the architecture's
             tolerance and cap (the Jacobian-based column of the paper for "jacobian").
         backward: a :class:`fpnets.Backward`, a name, or a mapping for :func:`fpnets.make_backward`.
             Default: JFB; for "jacobian", IFT(CGNormal(jacobian_tol, jacobian_max_iter), warn=False).

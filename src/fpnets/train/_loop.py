@@ -1,4 +1,4 @@
-"""The training loop shared by every dataset and variant."""
+"""The training loop, the same for every task: it knows a task only through :class:`fpnets.tasks.Task`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import platform
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -17,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tasks import Task
 from ._checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -31,16 +30,16 @@ from ._checkpoint import (
     set_rng_state,
     split_optimizer_state,
 )
-from ._config import MODEL_VARIANTS, Config, ConfigError, config_from_dict
-from ._outputs import TensorBoard, write_metrics_csv, write_plots
-from ._runtime import Runtime, derived_seed, process_settings, seed_all, setup_runtime
+from ._config import Config, config_from_dict
+from ._engine import ConfigError
+from ._outputs import TensorBoard, columns, write_metrics_csv, write_plots
+from ._runtime import DTYPES, Runtime, derived_seed, process_settings, resolve_device, seed_all, setup_runtime
+from ._state import check_resumable, new_run_dir
+from ._step import train_step
 
 log = logging.getLogger("fpnets.train")
 
 Callback = Callable[[dict[str, Any]], None]
-
-RESUMABLE_CHANGES = ("train.epochs", "train.patience", "train.checkpoint_every", "run.")
-"""Config keys (prefixes) that may differ between a run and its resumption."""
 
 
 @dataclass
@@ -51,7 +50,7 @@ class TrainResult:
         run_dir: the run directory (checkpoints, metrics.csv, plots, config.toml, results.json).
         config: the resolved configuration.
         best_epoch: the epoch (1-based) selected on the validation split (0: no epoch trained).
-        val: loss / acc / iters / n of the selected model on the validation split.
+        val: loss, the task's metrics, iters and n of the selected model on the validation split.
         test: the same on the test split, evaluated once, for the selected model only.
         history: one record per epoch (the columns of metrics.csv).
         stopped_early: whether early stopping ended the run.
@@ -61,118 +60,51 @@ class TrainResult:
     run_dir: Path
     config: Config
     best_epoch: int
-    val: dict[str, float]
-    test: dict[str, float]
+    val: dict[str, Any]
+    test: dict[str, Any]
     history: list[dict[str, Any]]
     stopped_early: bool
     model: nn.Module = field(repr=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# building blocks
-
-
-def build_augment(name: str) -> Any:
-    """The training augmentation named in ``data.augment``."""
-    if name == "none":
-        return None
-    from ..data import cifar_augment
-
-    presets = {"cifar10": "reference", "cifar10-pixel": "pixel"}
-    if name not in presets:
-        raise ConfigError(f"data.augment must be one of none, {', '.join(presets)}, got {name!r}")
-    return cifar_augment(presets[name])
-
-
-def build_network(config: Config, info: Any) -> nn.Module:
-    """``fpnets.models.build_model`` with the config's architecture, variant, solver and backward."""
-    from ..models import build_model
-
-    m = config.model
-    options: dict[str, Any] = {"in_channels": info.in_channels, "num_classes": info.num_classes}
-    for key in ("gamma", "latent_blocks", "lipschitz"):
-        if getattr(m, key) is not None:
-            options[key] = getattr(m, key)
-    options.update(m.options)
-    solver: dict[str, Any] = {"name": config.solver.name, **config.solver.options}
-    if config.solver.tol is not None:
-        solver["tol"] = config.solver.tol
-    if config.solver.max_iter is not None:
-        solver["max_iter"] = config.solver.max_iter
-    options["solver"] = solver
-    if config.backward.name is not None:
-        options["backward"] = {"name": config.backward.name, **config.backward.options}
-    elif config.backward.options:
-        raise ConfigError("backward.options needs backward.name (jfb, ift, neumann, unrolled)")
-    return build_model(m.arch, MODEL_VARIANTS[m.variant], **options)
-
-
-def load_data(config: Config, data_dir: str | Path | None = None) -> Any:
-    """The dataset's splits (cut to ``data.limit`` samples each when set)."""
-    from ..data import Split, load_splits
-
-    d = config.data
-    splits = load_splits(d.name, data_dir, val_size=d.val_size, seed=config.train.seed, download=d.download)
-    return limit_splits(splits, d.limit, Split)
-
-
-def limit_splits(splits: Any, limit: int, split_type: Any = None) -> Any:
-    if limit <= 0:
-        return splits
-    import dataclasses
-
-    make = split_type or type(splits.train)
-    cut = {
-        name: make(getattr(splits, name).images[:limit], getattr(splits, name).labels[:limit])
-        for name in ("train", "val", "test")
-    }
-    return dataclasses.replace(splits, **cut)
-
-
-def make_loader(split: Any, config: Config, runtime: Runtime, *, train: bool, info: Any) -> Any:
-    from ..data import BatchLoader
-
-    if train:
-        return BatchLoader(
-            split,
-            config.data.batch_size,
-            shuffle=True,
-            seed=config.train.seed,
-            augment=build_augment(config.data.augment),
-            normalize=info,
-            rank=runtime.rank,
-            world_size=runtime.world_size,
-            device=runtime.device,
-        )
-    return BatchLoader(
-        split, config.data.eval_batch_size, shuffle=False, normalize=info, device=runtime.device
-    )
+def _to_dtype(x: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors of a batch's inputs in the run's dtype (integer tensors untouched)."""
+    if isinstance(x, Tensor):
+        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+    if isinstance(x, tuple):
+        return tuple(_to_dtype(t, dtype) for t in x)
+    return x
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-class _Meter:
-    """Running sums of one pass: loss·n, correct, n, forward iterations and their count."""
+class Meter:
+    """Running sums of one pass: loss·n, each metric's sum, n, forward iterations and their count.
 
-    def __init__(self, values: Mapping[str, float] | None = None) -> None:
-        self.sums = dict.fromkeys(("loss", "correct", "n", "iters", "iters_n"), 0.0)
+    The sums stay on the device and are fetched every 32 batches (one synchronisation, not one per
+    batch).
+    """
+
+    def __init__(self, task: type[Task], values: Mapping[str, float] | None = None) -> None:
+        self.names = [m.name for m in task.metrics]
+        self.keys = ["loss", *self.names, "iters", "iters_n"]
+        self.sums = dict.fromkeys([*self.keys, "n"], 0.0)
         if values:
             self.sums.update({k: float(v) for k, v in values.items() if k in self.sums})
         self._pending: list[Tensor] = []
 
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor, model: nn.Module) -> None:
-        n = y.shape[0]
-        zero = torch.zeros((), dtype=torch.float64, device=y.device)
-        sol = getattr(model, "solution", None)
-        iters = getattr(sol, "iterations", None)
-        if iters is None:
-            it_sum, it_n = zero, zero
+    def add(self, loss: Tensor, values: Mapping[str, Tensor], iterations: Tensor | None, n: int) -> None:
+        zero = loss.new_zeros((), dtype=torch.float64)
+        row = [loss.detach().double() * n]
+        for name in self.names:
+            row.append(values[name].detach().double().sum().to(zero.device))
+        if iterations is None:
+            row += [zero, zero]
         else:
-            it_sum, it_n = iters.to(y.device).double().sum(), zero + iters.numel()
-        correct = (logits.detach().argmax(dim=1) == y).sum().double()
-        self._pending.append(torch.stack([loss.detach().double() * n, correct, it_sum, it_n]))
+            row += [iterations.to(zero.device).double().sum(), zero + iterations.numel()]
+        self._pending.append(torch.stack(row))
         self.sums["n"] += n
         if len(self._pending) >= 32:
             self._flush()
@@ -181,46 +113,60 @@ class _Meter:
         if self._pending:
             total = torch.stack(self._pending).sum(0).tolist()
             self._pending = []
-            for key, value in zip(("loss", "correct", "iters", "iters_n"), total, strict=True):
+            for key, value in zip(self.keys, total, strict=True):
                 self.sums[key] += value
 
     def totals(self) -> dict[str, float]:
         self._flush()
         return dict(self.sums)
 
-    @staticmethod
-    def summary(sums: Mapping[str, float]) -> dict[str, float | None]:
+    def summary(self, sums: Mapping[str, float] | None = None) -> dict[str, Any]:
+        sums = self.totals() if sums is None else sums
         n = sums["n"]
-        return {
-            "loss": sums["loss"] / n if n else math.nan,
-            "acc": sums["correct"] / n if n else math.nan,
-            "iters": sums["iters"] / sums["iters_n"] if sums["iters_n"] else None,
-            "n": int(n),
-        }
+        out: dict[str, Any] = {"loss": sums["loss"] / n if n else math.nan}
+        for name in self.names:
+            out[name] = sums[name] / n if n else math.nan
+        out["iters"] = sums["iters"] / sums["iters_n"] if sums["iters_n"] else None
+        out["n"] = int(n)
+        return out
+
+
+def _measure(task: Task, output: Any, target: Any) -> dict[str, Tensor]:
+    values = task.measure(output, target)
+    missing = [m.name for m in task.metrics if m.name not in values]
+    if missing:
+        raise ValueError(f"{type(task).__name__}.measure returned no value for {', '.join(missing)}")
+    return values
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], dtype: torch.dtype | None = None
-) -> dict:
-    """Mean cross-entropy, accuracy and mean forward iterations of ``model`` (eval mode) on ``loader``.
+def evaluate(task: Task, model: nn.Module, loader: Iterable[Any], dtype: torch.dtype | None = None) -> dict:
+    """The task's loss and metrics and the mean forward iterations of ``model`` (eval mode) on ``loader``.
 
-    Returns ``{"loss", "acc", "iters", "n"}`` (iters None for models without a fixed-point solve).
+    Returns ``{"loss", <each metric>, "iters", "n"}`` (iters None for models without a solve).
     The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
-    meter = _Meter()
+    meter = Meter(type(task))
     try:
-        for x, y in loader:
+        for inputs, target in loader:
             if dtype is not None:
-                x = x.to(dtype)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            meter.add(loss, logits, y, model)
+                inputs = _to_dtype(inputs, dtype)
+            output = task.forward(model, inputs)
+            loss = task.loss(output, target)
+            meter.add(loss, _measure(task, output, target), task.iterations(model), _batch_size(target))
     finally:
         model.train(was_training)
-    return _Meter.summary(meter.totals())
+    return meter.summary()
+
+
+def _batch_size(target: Any) -> int:
+    if isinstance(target, Tensor):
+        return int(target.shape[0])
+    if isinstance(target, (tuple, list)) and target and isinstance(target[0], Tensor):
+        return int(target[0].shape[0])
+    return len(target)
 
 
 def _progress(iterable: Iterable, *, enabled: bool, total: int, desc: str) -> Any:
@@ -234,58 +180,17 @@ def _progress(iterable: Iterable, *, enabled: bool, total: int, desc: str) -> An
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, unit="batch", disable=None)
 
 
-def _better(record: Mapping[str, Any], best: Mapping[str, Any] | None, select: str) -> bool:
+def is_better(record: Mapping[str, Any], best: Mapping[str, Any] | None, select: str, higher: bool) -> bool:
+    """Whether an epoch's record beats the best so far on ``select`` (``val.<metric>``), ties
+    broken by the lower validation loss; a NaN score (no validation data) always wins."""
     if best is None:
         return True
-    if math.isnan(record["val_acc"]):  # no validation data: keep the latest epoch
+    key = "val_" + select.split(".", 1)[1]
+    value = record[key]
+    if value is None or math.isnan(value):
         return True
-    if select == "val_loss":
-        return record["val_loss"] < best["val_loss"]
-    return (record["val_acc"], -record["val_loss"]) > (best["val_acc"], -best["val_loss"])
-
-
-def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        full = f"{prefix}{key}"
-        if isinstance(va, Mapping) and isinstance(vb, Mapping) and not full.endswith("options"):
-            keys += _config_diff(va, vb, full + ".")
-        elif va != vb:
-            keys.append(full)
-    return keys
-
-
-def new_run_dir(config: Config, root: str | Path | None = None) -> Path:
-    """``<root>/<run name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... appended if taken), created."""
-    root = Path(config.run.root if root is None else root)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / f"{config.run_name}-{stamp}"
-    path, k = base, 1
-    while True:
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
-
-
-def latest_run(config: Config, root: str | Path | None = None) -> Path:
-    """The newest run directory of ``config`` (same run name) under ``root`` that holds a checkpoint."""
-    root = Path(config.run.root if root is None else root)
-    pattern = re.compile(rf"^{re.escape(config.run_name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?$")
-    found = []
-    if root.is_dir():
-        for path in root.iterdir():
-            m = pattern.match(path.name)
-            if m and (path / "checkpoints" / "last.json").is_file():
-                found.append((m.group(1), int(m.group(2) or 1), path))
-    if not found:
-        raise CheckpointError(
-            f"no run of {config.run_name!r} with a checkpoint under {str(root)!r}; give the run directory"
-        )
-    return max(found)[2]
+    sign = 1.0 if higher else -1.0
+    return (sign * value, -record["val_loss"]) > (sign * best[key], -best["val_loss"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,8 +212,11 @@ class _Trainer:
         on_step_end: Callback | None,
         on_start: Callback | None = None,
     ) -> None:
-        self.on_start = on_start
         self.cfg = config
+        self.task = config.make_task()
+        self.cols = columns(type(self.task))
+        self.select = config.select
+        self.select_higher = type(self.task).metric(self.select.split(".", 1)[1]).higher_is_better
         self.rt = runtime
         self.resume = resume
         self.requested_dir = run_dir
@@ -317,6 +225,7 @@ class _Trainer:
         self.progress = progress and runtime.is_main
         self.on_epoch_end = on_epoch_end
         self.on_step_end = on_step_end
+        self.on_start = on_start
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -329,7 +238,12 @@ class _Trainer:
                 path = Path(self.requested_dir)
                 if (path / "checkpoints" / "last.json").exists():
                     raise ConfigError(f"{str(path)!r} already holds a run; resume it with --resume {path}")
-                path.mkdir(parents=True, exist_ok=True)
+                try:
+                    path.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot create the run directory {str(path)!r}: {exc.strerror or exc}"
+                    ) from None
             else:
                 path = new_run_dir(self.cfg)
         return Path(self.rt.broadcast_object(str(path)))
@@ -338,21 +252,7 @@ class _Trainer:
         if self.resume is None:
             return None
         ckpt = load_checkpoint(self.resume, "last")
-        stored = ckpt.meta.get("config")
-        if not isinstance(stored, Mapping):
-            raise CheckpointError(f"checkpoint {str(ckpt.path)!r} holds no config")
-        config_from_dict(stored)  # the stored config must still be valid
-        diff = [
-            k
-            for k in _config_diff(stored, self.cfg.to_dict())
-            if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)
-        ]
-        if diff:
-            raise ConfigError(
-                f"cannot resume {str(self.resume)!r} with a different config ({', '.join(diff)}); "
-                "only train.epochs, train.patience, train.checkpoint_every and run.* may change "
-                f"(`fpnets train --resume {self.resume}` without CONFIG reuses the run's own config)"
-            )
+        check_resumable(ckpt.meta.get("config"), self.cfg, self.resume)
         if int(ckpt.meta.get("batch", 0)) > 0 and int(ckpt.meta.get("world_size", 1)) != self.rt.world_size:
             raise ConfigError(
                 f"{str(self.resume)!r} was interrupted mid-epoch with {ckpt.meta.get('world_size')} processes; "
@@ -363,9 +263,7 @@ class _Trainer:
     def _build(self, ckpt: Checkpoint | None) -> None:
         cfg, rt = self.cfg, self.rt
         seed_all(cfg.train.seed)
-        model = build_network(cfg, self.splits.info).to(device=rt.device, dtype=rt.dtype)
-        if cfg.run.channels_last and hasattr(model, "channels_last_"):
-            model.channels_last_()
+        model = self.task.build_model().to(device=rt.device, dtype=rt.dtype)
         self.net = model
         params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -384,14 +282,17 @@ class _Trainer:
         self.start_batch = 0
         self.step = 0
         self.partial: dict[str, float] = {}
+        if cfg.train.jacobian_weight > 0 and not callable(getattr(model, "jacobian_penalty", None)):
+            raise ConfigError(
+                f"train.jacobian_weight needs a model with a jacobian_penalty() method; "
+                f"{type(model).__name__} has none"
+            )
         if ckpt is not None:
             self._restore(ckpt)
         if rt.distributed:
             self.model: nn.Module = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                # (broadcast_buffers left at its default: BatchNorm statistics come from rank 0 at
-                # every forward)
                 # The same parameters in every step; some may never get a gradient (the SVHN
                 # encoder's unused BatchNorm layers), and the IFT backward runs autograd.grad inside
                 # a backward pass: a static graph covers both without a per-step graph search.
@@ -399,11 +300,13 @@ class _Trainer:
             )
         else:
             self.model = model
-        info = self.splits.info
-        self.train_loader = make_loader(self.splits.train, cfg, rt, train=True, info=info)
-        self.val_loader = make_loader(self.splits.val, cfg, rt, train=False, info=info)
-        self.test_loader = make_loader(self.splits.test, cfg, rt, train=False, info=info)
-        if len(self.splits.val) == 0:
+        s, task = self.splits, self.task
+        self.train_loader = task.loader(
+            s.train, train=True, rank=rt.rank, world_size=rt.world_size, device=rt.device
+        )
+        self.val_loader = task.loader(s.val, train=False, device=rt.device)
+        self.test_loader = task.loader(s.test, train=False, device=rt.device)
+        if len(s.val) == 0:
             warnings.warn(
                 "the validation split is empty: the last epoch is selected and early stopping is off",
                 RuntimeWarning,
@@ -412,16 +315,21 @@ class _Trainer:
 
     def _restore(self, ckpt: Checkpoint) -> None:
         meta = ckpt.meta
-        self.net.load_state_dict(ckpt.model)
-        self.optimizer.load_state_dict(
-            join_optimizer_state(ckpt.tensors, meta["optimizer"], self.optimizer.state_dict())
-        )
+        try:
+            self.net.load_state_dict(ckpt.model)
+            self.optimizer.load_state_dict(
+                join_optimizer_state(ckpt.tensors, meta["optimizer"], self.optimizer.state_dict())
+            )
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(ckpt.path)!r} does not fit the model or optimizer its config builds: "
+                + " ".join(str(exc).split())[:300]
+            ) from None
         if self.scheduler is not None and meta.get("scheduler"):
             self.scheduler.load_state_dict(meta["scheduler"])
         self.history = list(meta.get("history", []))
-        model = _unwrap(self.net)
-        if self.history and self.history[-1].get("rescales") is not None and hasattr(model, "rescales"):
-            model.rescales = int(self.history[-1]["rescales"])
+        if self.history:
+            self.task.restore(self.net, self.history[-1])
         self.best = meta.get("best")
         self.bad_epochs = int(meta.get("bad_epochs", 0))
         self.stopped_early = bool(meta.get("stopped_early", False))
@@ -435,10 +343,28 @@ class _Trainer:
             tensors = {k.split(".", 2)[2]: v for k, v in ckpt.tensors.items() if k.startswith(f"rng.{rank}.")}
             set_rng_state({f"rng.{k}": v for k, v in tensors.items()}, rngs[rank])
         if self.best is not None:
-            if int(self.best["epoch"]) == int(meta["epoch"]) and self.start_batch == 0:
-                self.best_state = {k: v.clone() for k, v in ckpt.model.items()}
-            else:
-                self.best_state = load_checkpoint(ckpt.path.parent, "best").model
+            self.best_state = self._best_weights(ckpt)
+
+    def _best_weights(self, ckpt: Checkpoint) -> dict[str, Tensor]:
+        """The weights of the best epoch recorded in ``last``: its own weights when it is the best
+        epoch, else those ``best.json`` points to, which must be that epoch's."""
+        assert self.best is not None
+        best_epoch = int(self.best["epoch"])
+        if best_epoch == int(ckpt.meta["epoch"]) and self.start_batch == 0:
+            return {k: v.clone() for k, v in ckpt.model.items()}
+        try:
+            best = load_checkpoint(ckpt.path.parent, "best")
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"the run's best epoch {best_epoch} has no readable best checkpoint ({exc}); "
+                "its best weights are lost: start a new run"
+            ) from None
+        if best.path.name != "best.json" or best.epoch != best_epoch:
+            raise CheckpointError(
+                f"{str(ckpt.path.parent / 'best.json')!r} holds epoch {best.epoch if best.path.name == 'best.json' else 'none'}, "
+                f"but the run's best epoch is {best_epoch}: the best weights are lost; start a new run"
+            )
+        return best.model
 
     # -- checkpoints and outputs ---------------------------------------------------------------
 
@@ -480,46 +406,70 @@ class _Trainer:
                 "world_size": self.rt.world_size,
                 "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),
             }
+            # best before last: a ``last`` that names epoch e as the best exists only once
+            # ``best`` holds epoch e (a crash in between resumes from the previous ``last``)
             save_checkpoint(
                 self.run_dir / "checkpoints",
                 model=self.net.state_dict(),
                 tensors={**opt_tensors, **rng_tensors},
                 meta=meta,
-                tags=("last", "best") if is_best else ("last",),
+                tags=("best", "last") if is_best else ("last",),
             )
         self.rt.barrier()
 
     def _write_run_files(self) -> None:
         if not self.rt.is_main:
             return
+        info_path = self.run_dir / "run.json"
+        now = datetime.datetime.now().isoformat(timespec="seconds")
+        if self.resume is not None and info_path.is_file():
+            try:
+                info = json.loads(info_path.read_text("utf-8"))
+            except (OSError, ValueError):
+                info = {}
+            info.setdefault("resumed", []).append(
+                {"at": now, "from_epoch": self.start_epoch, "epochs": self.cfg.train.epochs}
+            )
+        else:
+            info = {
+                "fpnets": _version(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "device": str(self.rt.device),
+                "dtype": str(self.rt.dtype).replace("torch.", ""),
+                "world_size": self.rt.world_size,
+                "task": self.cfg.task.name,
+                "parameters": sum(p.numel() for p in self.net.parameters()),
+                "data": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
+                "started_at": now,
+                "resumed_from_epoch": self.start_epoch if self.resume is not None else None,
+            }
         atomic_write_text(self.run_dir / "config.toml", self.cfg.to_toml())
-        info = {
-            "fpnets": _version(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(self.rt.device),
-            "dtype": str(self.rt.dtype).replace("torch.", ""),
-            "world_size": self.rt.world_size,
-            "parameters": sum(p.numel() for p in self.net.parameters()),
-            "data": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
-            "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
-            "resumed_from_epoch": self.start_epoch if self.resume is not None else None,
-        }
-        atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=1) + "\n")
-        self.run_info = info
+        atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
+        self.run_info = {**info, "parameters": sum(p.numel() for p in self.net.parameters()),
+                         "data": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
+                         "device": str(self.rt.device), "dtype": str(self.rt.dtype).replace("torch.", ""),
+                         "world_size": self.rt.world_size}  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches(self, epoch: int, start: int) -> Iterator[Any]:
         self.train_loader.set_epoch(epoch)
         return self.train_loader.iter_from(start) if start else iter(self.train_loader)
 
+    def _penalty(self) -> Callable[[], Tensor] | None:
+        t = self.cfg.train
+        if t.jacobian_weight <= 0 or self.step % t.jacobian_every:
+            return None
+        net = self.net
+        return lambda: net.jacobian_penalty(t.jacobian_probes)  # type: ignore[operator]
+
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, rt = self.cfg, self.rt
+        cfg, rt, task = self.cfg, self.rt, self.task
         start = self.start_batch if epoch == self.start_epoch else 0
         if start == 0:  # seeds depend only on (seed, epoch, rank): epoch-boundary resume needs no RNG state
             seed_all(derived_seed(cfg.train.seed, epoch, rt.rank))
-        meter = _Meter(self.partial if start else None)
+        meter = Meter(type(task), self.partial if start else None)
         elapsed = float(self.partial.get("time", 0.0)) if start else 0.0
         self.partial = {}
         self.model.train()
@@ -533,27 +483,36 @@ class _Trainer:
         if bar is not None:
             bar.update(start)
         batches = bar if bar is not None else self._batches(epoch, start)
+        shown = [m for m in type(task).metrics]
         t0 = time.perf_counter()
         try:
-            for b, (x, y) in enumerate(batches, start=start):
-                if x.dtype != rt.dtype:
-                    x = x.to(rt.dtype)
-                self.optimizer.zero_grad(set_to_none=True)
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.net.parameters(), cfg.optim.grad_clip)
-                self.optimizer.step()
-                # under DDP every rank calls this: the models average their Lipschitz estimate over
-                # the processes, so the replicas stay identical
-                self.net.after_optimizer_step()
-                meter.add(loss, logits, y, self.net)
+            for b, (inputs, target) in enumerate(batches, start=start):
+                inputs = _to_dtype(inputs, rt.dtype)
+                out = train_step(
+                    self.model,
+                    inputs,
+                    target,
+                    task.loss,
+                    self.optimizer,
+                    grad_clip=cfg.optim.grad_clip,
+                    params=self.net.parameters(),
+                    after_step=lambda: task.after_step(self.net),
+                    penalty=self._penalty(),
+                    penalty_weight=cfg.train.jacobian_weight,
+                )
+                meter.add(
+                    out.loss,
+                    _measure(task, out.output, target),
+                    task.iterations(self.net),
+                    _batch_size(target),
+                )
                 self.step += 1
                 if bar is not None and not bar.disable and (b % 5 == 0 or b == total - 1):
-                    s = _Meter.summary(meter.totals())
+                    s = meter.summary()
                     dt = time.perf_counter() - t0 + elapsed
-                    post = {"loss": f"{s['loss']:.3f}", "acc": f"{100 * s['acc']:.1f}%"}
+                    post = {"loss": f"{s['loss']:.4g}"}
+                    for m in shown:
+                        post[m.name] = f"{100 * s[m.name]:.1f}%" if m.percent else f"{s[m.name]:.4g}"
                     if s["iters"] is not None:
                         post["iters"] = f"{s['iters']:.1f}"
                     post["samples/s"] = f"{s['n'] * rt.world_size / max(dt, 1e-9):.0f}"
@@ -569,13 +528,12 @@ class _Trainer:
                 bar.close()
         train_time = time.perf_counter() - t0 + elapsed
         sums = meter.totals()
-        keys = ("loss", "correct", "n", "iters", "iters_n")
+        keys = [*meter.keys, "n"]
         sums = dict(zip(keys, rt.all_sum([sums[k] for k in keys]), strict=True))
-        stats = _Meter.summary(sums)
-        return {"train": stats, "time": train_time, "samples": sums["n"]}
+        return {"train": meter.summary(sums), "time": train_time, "samples": sums["n"]}
 
     def _evaluate(self, loader: Any) -> dict[str, Any]:
-        stats = evaluate(self.net, loader, self.rt.dtype)
+        stats = evaluate(self.task, self.net, loader, self.rt.dtype)
         return self.rt.broadcast_object(stats)  # every rank acts on rank 0's numbers
 
     def _epoch(self, epoch: int, tb: TensorBoard) -> None:
@@ -588,23 +546,18 @@ class _Trainer:
             self.scheduler.step()
         rt.sync_buffers(self.net)  # BatchNorm running statistics: rank 0's, as DDP's forward does
         val = self._evaluate(self.val_loader)
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": out["train"]["loss"],
-            "train_acc": out["train"]["acc"],
-            "train_iters": out["train"]["iters"],
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            "val_iters": val["iters"],
-            "samples_per_s": out["samples"] / max(out["time"], 1e-9),
-            "epoch_s": time.perf_counter() - t_epoch,
-            # how often the reference Lipschitz rule has rescaled R so far (None: no such rule)
-            "rescales": getattr(_unwrap(self.net), "rescales", None),
-        }
-        is_best = _better(record, self.best, cfg.train.select)
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+        for split, stats in (("train", out["train"]), ("val", val)):
+            for key in ("loss", *(m.name for m in type(self.task).metrics), "iters"):
+                record[f"{split}_{key}"] = stats[key]
+        record["samples_per_s"] = out["samples"] / max(out["time"], 1e-9)
+        record["epoch_s"] = time.perf_counter() - t_epoch
+        record.update(self.task.epoch_stats(self.net))
+        is_best = is_better(record, self.best, self.select, self.select_higher)
         if is_best:
-            self.best = {k: record[k] for k in ("epoch", "val_loss", "val_acc", "val_iters")}
+            keep = {"epoch", "val_loss", "val_iters", "val_" + self.select.split(".", 1)[1]}
+            keep |= {f"val_{m.name}" for m in type(self.task).metrics}
+            self.best = {k: record[k] for k in record if k in keep}
             self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
             self.bad_epochs = 0
         else:
@@ -614,7 +567,7 @@ class _Trainer:
         self.history.append(record)
         self._checkpoint(epoch=epoch + 1, batch=0, is_best=is_best, partial=None)
         if rt.is_main:
-            write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+            write_metrics_csv(self.run_dir / "metrics.csv", self.history, self.cols)
             tb.log(record)
         if self.on_epoch_end is not None:
             self.on_epoch_end({**record, "best": is_best, "rank": rt.rank, "epochs": cfg.train.epochs})
@@ -623,7 +576,7 @@ class _Trainer:
         cfg, rt = self.cfg, self.rt
         ckpt = self._load_resume_checkpoint()
         if self.splits is None:
-            self.splits = load_data(cfg, self.data_dir)
+            self.splits = self.task.load_splits(self.data_dir)
         self._build(ckpt)  # before the run directory exists: a data or model error leaves nothing behind
         self.run_dir = self._prepare_run_dir()
         if self.resume is not None:
@@ -641,7 +594,7 @@ class _Trainer:
                     "epochs": cfg.train.epochs,
                 }
             )
-        tb = TensorBoard(self.run_dir / "tensorboard", enabled=cfg.run.tensorboard and rt.is_main)
+        tb = TensorBoard(self.run_dir / "tensorboard", self.cols, enabled=cfg.run.tensorboard and rt.is_main)
         try:
             with warnings.catch_warnings():
                 # A conv weight with one input channel gets its gradient in an equivalent layout with
@@ -655,34 +608,44 @@ class _Trainer:
             tb.close()
         return self._finish()
 
+    def _empty(self, split: str) -> dict[str, Any]:
+        stats: dict[str, Any] = {"loss": None}
+        stats.update({m.name: None for m in type(self.task).metrics})
+        return {**stats, "iters": None, "n": len(getattr(self.splits, split))}
+
     def _finish(self) -> TrainResult:
         rt = self.rt
         if self.best_state is not None:
             self.net.load_state_dict(self.best_state)
         self.net.eval()
         if self.best is None:
-            val = {"loss": math.nan, "acc": math.nan, "iters": None, "n": len(self.splits.val)}
-            test = {"loss": math.nan, "acc": math.nan, "iters": None, "n": len(self.splits.test)}
-            best_epoch = 0
+            val, test, best_epoch = self._empty("val"), self._empty("test"), 0
         else:
             val = self._evaluate(self.val_loader)
             test = self._evaluate(self.test_loader)
             best_epoch = int(self.best["epoch"])
         if rt.is_main:
             results = {
+                "task": self.cfg.task.name,
+                "select": self.select,
                 "best_epoch": best_epoch,
                 "epochs": len(self.history),
                 "stopped_early": self.stopped_early,
                 "val": val,
                 "test": test,
-                "checkpoint": "checkpoints/best.json",
+                "checkpoint": "checkpoints/best.json" if best_epoch else None,
             }
-            atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1) + "\n")
+            atomic_write_text(self.run_dir / "results.json", json.dumps(_finite(results), indent=1) + "\n")
             if self.history:
-                write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+                write_metrics_csv(self.run_dir / "metrics.csv", self.history, self.cols)
             if self.cfg.run.plots and self.history:
-                title = f"{self.cfg.run_name}: test acc {100 * test['acc']:.2f}% (epoch {best_epoch})"
-                write_plots(self.run_dir, self.history, title=title)
+                task = type(self.task)
+                m = task.metrics[0] if task.metrics else task.metric("loss")
+                value = test.get(m.name)
+                shown = "n/a" if value is None else (f"{100 * value:.2f}%" if m.percent else f"{value:.4g}")
+                title = f"{self.cfg.run_name}: test {m.name} {shown} (epoch {best_epoch})"
+                write_plots(self.run_dir, self.history, task.metrics, loss_label=task.loss_label, title=title)
+                self.task.figures(self.run_dir, self.net, self.splits, device=rt.device, dtype=rt.dtype)
         rt.barrier()
         return TrainResult(
             run_dir=self.run_dir,
@@ -694,6 +657,17 @@ class _Trainer:
             stopped_early=self.stopped_early,
             model=self.net,
         )
+
+
+def _finite(value: Any) -> Any:
+    """NaN and ±Inf as None (JSON has no NaN), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _version() -> str:
@@ -717,13 +691,12 @@ def train(
     """Train the model ``config`` describes; select the epoch on validation; test it once.
 
     Args:
-        config: a resolved :class:`Config` (see :func:`load_config`).
+        config: a resolved :class:`Config` (see :func:`load_config`); its ``[task]`` names the task.
         run_dir: the directory of a new run (default ``<run.root>/<run name>-<timestamp>``).
         resume: a run directory to continue from its ``last`` checkpoint (same final weights as an
-            uninterrupted run). Only ``train.epochs``, ``train.patience``,
-            ``train.checkpoint_every`` and ``run.*`` may differ from the run's config.
-        data_dir: where the dataset files are (default ``$FPNETS_DATA``; unused for digits).
-        splits: already loaded :class:`fpnets.data.Splits` (skips loading).
+            uninterrupted run). Only the keys in ``RESUMABLE_CHANGES`` may differ from the run's config.
+        data_dir: where the task's data files are (default: the task's, e.g. ``$FPNETS_DATA``).
+        splits: already loaded splits (skips :meth:`Task.load_splits`).
         progress: show tqdm progress bars (default ``run.progress``); rank 0 only.
         on_epoch_end: called with the epoch's record (plus ``best``, ``rank``, ``epochs``) on every rank.
         on_step_end: called after every optimizer step with ``step``, ``epoch``, ``batch``, ``rank``.
@@ -731,29 +704,27 @@ def train(
             sizes), ``device``, ``start_epoch``, ``epochs``, ``rank``.
 
     Launched by ``torchrun``, every process runs this function: the model is wrapped in
-    DistributedDataParallel, the training batches are sharded, metrics summed over the ranks, and
-    only rank 0 writes files.
+    DistributedDataParallel, the training batches are sharded (``data.batch_size`` is per process,
+    so the global batch is ``world_size`` times larger), metrics summed over the ranks, and only
+    rank 0 writes files.
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a fpnets.train.Config, got {type(config).__name__}")
     runtime = setup_runtime(config.run.device, config.run.dtype)
-    try:
-        with process_settings(runtime, config.run.threads, config.run.deterministic):
-            trainer = _Trainer(
-                config,
-                runtime,
-                run_dir=Path(run_dir) if run_dir is not None else None,
-                resume=Path(resume) if resume is not None else None,
-                data_dir=data_dir,
-                splits=splits,
-                progress=config.run.progress if progress is None else progress,
-                on_epoch_end=on_epoch_end,
-                on_step_end=on_step_end,
-                on_start=on_start,
-            )
-            return trainer.fit()
-    finally:
-        runtime.close()
+    with process_settings(runtime, config.run.threads, config.run.deterministic):
+        trainer = _Trainer(
+            config,
+            runtime,
+            run_dir=Path(run_dir) if run_dir is not None else None,
+            resume=Path(resume) if resume is not None else None,
+            data_dir=data_dir,
+            splits=splits,
+            progress=config.run.progress if progress is None else progress,
+            on_epoch_end=on_epoch_end,
+            on_step_end=on_step_end,
+            on_start=on_start,
+        )
+        return trainer.fit()
 
 
 def evaluate_checkpoint(
@@ -767,38 +738,31 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a saved model (run directory → its best checkpoint, or a manifest) on a split.
 
-    Returns ``{"loss", "acc", "iters", "n", "epoch", "split", "checkpoint"}``.
+    Returns ``{"loss", <the task's metrics>, "iters", "n", "epoch", "split", "checkpoint"}``.
     """
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
     ckpt = load_checkpoint(path, "best")
-    config = config_from_dict(ckpt.meta["config"])
-    from ._runtime import DTYPES, resolve_device
-
+    stored = ckpt.meta.get("config")
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(f"checkpoint {str(ckpt.path)!r} holds no config")
+    config = config_from_dict(stored)
+    task = config.make_task()
     dev = resolve_device(device)
     dt = DTYPES[dtype or config.run.dtype]
     if splits is None:
-        splits = load_data(config, data_dir)
-    model = build_network(config, splits.info).to(device=dev, dtype=dt)
-    if config.run.channels_last and hasattr(model, "channels_last_"):
-        model.channels_last_()
-    model.load_state_dict(ckpt.model)
-    from ..data import BatchLoader
-
-    loader = BatchLoader(
-        getattr(splits, split), config.data.eval_batch_size, shuffle=False, normalize=splits.info, device=dev
-    )
-    stats = evaluate(model, loader, dt)
+        splits = task.load_splits(data_dir)
+    model = task.build_model().to(device=dev, dtype=dt)
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt.path)!r} does not fit the model its config builds: "
+            + " ".join(str(exc).split())[:300]
+        ) from None
+    loader = task.loader(getattr(splits, split), train=False, device=dev)
+    stats = evaluate(task, model, loader, dt)
     return {**stats, "epoch": ckpt.epoch, "split": split, "checkpoint": str(ckpt.path)}
 
 
-__all__ = [
-    "TrainResult",
-    "build_network",
-    "evaluate",
-    "evaluate_checkpoint",
-    "latest_run",
-    "load_data",
-    "new_run_dir",
-    "train",
-]
+__all__ = ["Meter", "TrainResult", "evaluate", "evaluate_checkpoint", "is_better", "train"]

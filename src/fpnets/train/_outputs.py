@@ -10,32 +10,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..tasks import Metric, Task
 from ._checkpoint import atomic_write_bytes, atomic_write_text
 
-COLUMNS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "train_iters",
-    "val_loss",
-    "val_acc",
-    "val_iters",
-    "samples_per_s",
-    "epoch_s",
-    "rescales",
-)
-"""Columns of ``metrics.csv``, one row per epoch (iterations: mean forward solver depth, empty for
-models without a solve; accuracies are fractions)."""
+
+def columns(task: type[Task]) -> tuple[str, ...]:
+    """Columns of ``metrics.csv`` for ``task``, one row per epoch: epoch, lr, then loss, the task's
+    metrics and mean forward iterations for train and val (iterations empty for models without a
+    solve; fractions stay fractions), throughput, epoch time, and the task's extra columns."""
+    names = [m.name for m in task.all_metrics()]
+    cols = ["epoch", "lr"]
+    for split in ("train", "val"):
+        cols += [f"{split}_{n}" for n in names] + [f"{split}_iters"]
+    return (*cols, "samples_per_s", "epoch_s", *task.extra_columns)
 
 
-def write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
+def write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> None:
     """Rewrite the whole CSV from the history (atomic), so a resumed run never repeats an epoch."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(cols), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in COLUMNS})
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in cols})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -48,8 +44,9 @@ def read_metrics_csv(path: Path) -> list[dict[str, float | None]]:
 class TensorBoard:
     """A SummaryWriter when ``torch.utils.tensorboard`` and tensorboard are importable, else nothing."""
 
-    def __init__(self, log_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, log_dir: Path, cols: Sequence[str] = (), enabled: bool = True) -> None:
         self._writer = None
+        self.cols = tuple(cols)
         if not enabled:
             return
         try:
@@ -68,7 +65,7 @@ class TensorBoard:
         if self._writer is None:
             return
         step = int(record["epoch"])
-        for key in COLUMNS[1:]:
+        for key in self.cols[1:]:
             value = record.get(key)
             if value is not None and math.isfinite(value):
                 group = key.split("_", 1)
@@ -101,10 +98,17 @@ def _save_figure(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_plots(run_dir: Path, history: Sequence[Mapping[str, Any]], title: str = "") -> list[Path]:
-    """``curves.png`` (loss and accuracy, train and validation) and ``iterations.png`` (mean forward
-    iterations per epoch; skipped for models without a fixed-point solve). Uses the Agg canvas
-    directly, so no global matplotlib backend is touched. Returns the files written."""
+def write_plots(
+    run_dir: Path,
+    history: Sequence[Mapping[str, Any]],
+    metrics: Sequence[Metric],
+    *,
+    loss_label: str = "loss",
+    title: str = "",
+) -> list[Path]:
+    """``curves.png`` (the loss and each metric, train and validation) and ``iterations.png`` (mean
+    forward iterations per epoch; skipped for models without a fixed-point solve). Uses the Agg
+    canvas directly, so no global matplotlib backend is touched. Returns the files written."""
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
@@ -112,15 +116,21 @@ def write_plots(run_dir: Path, history: Sequence[Mapping[str, Any]], title: str 
         warnings.warn("matplotlib is not installed; no plots written", RuntimeWarning, stacklevel=2)
         return []
     written = []
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for split, style in (("train", "-"), ("val", "--")):
-        ax_loss.plot(*_series(history, f"{split}_loss"), style, marker=".", label=split)
-        xs, ys = _series(history, f"{split}_acc")
-        ax_acc.plot(xs, [100 * y for y in ys], style, marker=".", label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    panels = [m for m in metrics if m.name != "loss"]
+    fig = Figure(figsize=(5 * (1 + len(panels)), 4), layout="constrained")
+    axes = fig.subplots(1, 1 + len(panels), squeeze=False)[0]
+    for ax, metric in zip(axes, (None, *panels), strict=True):
+        name = "loss" if metric is None else metric.name
+        scale = 100.0 if metric is not None and metric.percent else 1.0
+        for split, style in (("train", "-"), ("val", "--")):
+            xs, ys = _series(history, f"{split}_{name}")
+            ax.plot(xs, [scale * y for y in ys], style, marker=".", label=split)
+        label = (
+            loss_label
+            if metric is None
+            else (metric.label or metric.name) + (" (%)" if metric.percent else "")
+        )
+        ax.set(xlabel="epoch", ylabel=label, title=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -146,4 +156,4 @@ def write_plots(run_dir: Path, history: Sequence[Mapping[str, Any]], title: str 
     return written
 
 
-__all__ = ["COLUMNS", "TensorBoard", "read_metrics_csv", "write_metrics_csv", "write_plots"]
+__all__ = ["TensorBoard", "columns", "read_metrics_csv", "write_metrics_csv", "write_plots"]

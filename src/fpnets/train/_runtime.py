@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ._config import ConfigError
+from .._seed import derive_seed
+from ._engine import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -40,9 +41,6 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False
-    """True when this runtime initialised the process group (destroyed when the process exits, so
-    that later runs in the same process reuse it)."""
 
     @property
     def distributed(self) -> bool:
@@ -95,10 +93,6 @@ class Runtime:
     def sync_buffers(self, module: nn.Module) -> None:
         self.sync_tensors([b for b in module.buffers()])
 
-    def close(self) -> None:
-        """Nothing to release: a process group this runtime created lives until the process exits
-        (re-initialising one under torchrun in the same process is not reliable)."""
-
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` → CUDA (this process's local rank's GPU) when available, else CPU."""
@@ -126,7 +120,7 @@ def setup_runtime(device: str, dtype: str) -> Runtime:
         rank, world = dist.get_rank(), dist.get_world_size()
         local = rank if local is None else local
         dev = resolve_device(device, local)
-        return Runtime(dev, DTYPES[dtype], rank, world, local, owns_group=False)
+        return Runtime(dev, DTYPES[dtype], rank, world, local)
     if world is None or world <= 1:
         return Runtime(resolve_device(device, 0), DTYPES[dtype])
     if rank is None:
@@ -145,7 +139,7 @@ def setup_runtime(device: str, dtype: str) -> Runtime:
         **({"device_id": dev} if dev.type == "cuda" else {}),
     )
     atexit.register(_destroy_group)
-    return Runtime(dev, DTYPES[dtype], rank, world, local, owns_group=True)
+    return Runtime(dev, DTYPES[dtype], rank, world, local)
 
 
 def _destroy_group() -> None:
@@ -160,10 +154,8 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def derived_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (e.g. base seed, epoch, rank)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+derived_seed = derive_seed
+"""A well-mixed 63-bit seed from integers (e.g. base seed, epoch, rank): :func:`fpnets._seed.derive_seed`."""
 
 
 @contextlib.contextmanager
