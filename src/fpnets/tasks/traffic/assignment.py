@@ -233,7 +233,7 @@ def solve_equilibrium(
     Args:
         costs: :class:`LinkCosts` with C rows of capacities; default: the file's costs (C = 1).
         gap: target relative gap per context (the certificate).
-        max_iter: most column-generation rounds.
+        max_iter: most column-generation rounds (round 1 measures the initial flows).
         sweeps: Gauss–Seidel sweeps of the restricted problem between two rounds.
         repeat: projected Newton steps per OD pair within a sweep.
         paths: a :class:`PathSet` to start from and extend (shared between calls: warm start).
@@ -272,7 +272,7 @@ def solve_equilibrium(
     nsweeps = np.zeros(num_c, dtype=np.int64)
     active = np.arange(num_c)
     history: list[float] = []
-    for _ in range(max_iter):
+    for it in range(max_iter):
         sub = costs.subset(active)
         t = sub.time(v[active])
         kappa, added = _dijkstra_round(network, paths, t, add=True)
@@ -282,8 +282,8 @@ def solve_equilibrium(
         history.append(float(gaps[active].max()))
         done = gaps[active] <= gap
         active = active[~done]
-        if len(active) == 0:
-            break
+        if len(active) == 0 or it == max_iter - 1:
+            break  # the returned flows are the ones whose gap was just measured
         if added:
             h = np.concatenate([h, np.zeros((num_c, len(paths) - h.shape[1]))], axis=1)
         ha = h[active]

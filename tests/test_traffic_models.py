@@ -1,0 +1,247 @@
+"""Traffic routing: the affine projection, the N-FPN (Davis–Yin) models and the baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fpnets
+from fpnets.operators.affine import AffineProjection, project_affine
+from fpnets.tasks.traffic import (
+    ContextModel,
+    ExplicitTrafficNet,
+    MeanCapacityBaseline,
+    Network,
+    TrafficNFPN,
+    solve_equilibrium,
+    traffic_loss,
+)
+from fpnets.tasks.traffic.metrics import METRICS, evaluate
+from fpnets.tasks.traffic.models import CocoerciveGameGradient
+
+NETWORKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "transportation-networks"
+
+
+# ---------------------------------------------------------------------------------------------- affine
+def rank_deficient(m: int, n: int, r: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, r, generator=g, dtype=torch.float64) @ torch.randn(
+        r, n, generator=g, dtype=torch.float64
+    )
+
+
+def test_affine_projection_feasible_idempotent_orthogonal() -> None:
+    m = rank_deficient(6, 10, 4)
+    proj = AffineProjection(m)
+    assert proj.rank == 4
+    b = torch.randn(3, 5, 10, dtype=torch.float64) @ m.T  # (3, 5, 6), consistent right-hand sides
+    x = torch.randn(3, 5, 10, dtype=torch.float64)
+    px = proj(x, b)
+    torch.testing.assert_close(px @ m.T, b, rtol=0, atol=1e-10)  # feasible
+    torch.testing.assert_close(proj(px, b), px, rtol=0, atol=1e-12)  # idempotent
+    # the residual x − P(x) is orthogonal to the set: ⟨x − Px, y − Px⟩ = 0 for feasible y
+    y = proj(torch.randn(3, 5, 10, dtype=torch.float64), b)
+    inner = ((x - px) * (y - px)).sum(-1)
+    torch.testing.assert_close(inner, torch.zeros_like(inner), rtol=0, atol=1e-10)
+    # it is the nearest point: no feasible y is closer
+    assert torch.all((x - y).norm(dim=-1) >= (x - px).norm(dim=-1) - 1e-12)
+    assert torch.all(proj.inconsistency(b) < 1e-10)
+    assert torch.all(proj.inconsistency(torch.randn(4, 6, dtype=torch.float64)) > 1e-3)
+    torch.testing.assert_close(project_affine(x, m, b), px)
+
+
+def test_affine_projection_along_dim_and_errors() -> None:
+    m = rank_deficient(4, 7, 3, seed=1)
+    proj = AffineProjection(m)
+    b = torch.randn(2, 7, dtype=torch.float64) @ m.T  # (2, 4)
+    x = torch.randn(2, 7, 5, dtype=torch.float64)
+    px = proj(x, b.unsqueeze(-1), dim=1)  # n along dim 1
+    torch.testing.assert_close(
+        torch.einsum("mn,bnk->bmk", m, px), b.unsqueeze(-1).expand(2, 4, 5), atol=1e-10, rtol=0
+    )
+    with pytest.raises(ValueError, match="x must have size 7 along dim -1"):
+        proj(torch.randn(2, 6, dtype=torch.float64), b)
+    with pytest.raises(ValueError, match="M must be a 2-D"):
+        AffineProjection(torch.ones(3))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        AffineProjection(torch.tensor([[1.0, float("nan")]]))
+
+
+# ---------------------------------------------------------------------------------------------- models
+def small_network() -> Network:
+    """A 5-node network, zones 1 and 2 (nodes 0, 1), both directions of a small grid."""
+    pairs = [
+        (0, 2),
+        (2, 0),
+        (0, 3),
+        (3, 0),
+        (2, 3),
+        (3, 2),
+        (2, 4),
+        (4, 2),
+        (3, 4),
+        (4, 3),
+        (4, 1),
+        (1, 4),
+        (3, 1),
+        (1, 3),
+    ]
+    tail = np.array([a for a, _ in pairs])
+    head = np.array([b for _, b in pairs])
+    e = len(pairs)
+    rng = np.random.default_rng(0)
+    return Network(
+        name="small",
+        num_nodes=5,
+        num_zones=2,
+        first_thru_node=2,
+        tail=tail,
+        head=head,
+        free_flow_time=1 + rng.random(e),
+        capacity=50 + 50 * rng.random(e),
+        b=np.full(e, 0.15),
+        power=np.full(e, 4.0),
+        demand=np.array([[0.0, 120.0], [80.0, 0.0]]),
+    )
+
+
+class OracleGame(nn.Module):
+    """The true BPR costs as F_Θ: F(X, d) = t(s X; d) (context features are the capacities)."""
+
+    def __init__(self, network: Network, model: ContextModel, scale: float) -> None:
+        super().__init__()
+        self.network, self.model, self.scale = network, model, scale
+
+    def context_features(self, d: torch.Tensor) -> torch.Tensor:  # (B, m) normalised -> (B, E)
+        cap = self.model.capacity(self.network, d.double().numpy() * 10.0)
+        return torch.as_tensor(cap, dtype=d.dtype)
+
+    def forward(self, x: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        t0 = torch.as_tensor(self.network.free_flow_time, dtype=x.dtype)
+        return t0 * (1 + self.model.b * (self.scale * x.clamp_min(0) / cap) ** 4)
+
+
+def test_dys_fixed_point_with_true_costs_is_the_equilibrium() -> None:
+    # with F_Θ = the true link costs, the fixed point of the Davis–Yin operator is the Wardrop equilibrium
+    net = small_network()
+    cm = ContextModel.random(net, seed=0)
+    d = cm.sample(3, seed=1)
+    ref = solve_equilibrium(net, cm.costs(net, d), gap=1e-12).link_flow
+    scale = 50.0
+    model = TrafficNFPN(
+        net, scale, alpha=0.3, solver=fpnets.Picard(tol=1e-8, max_iter=3000), warn=True
+    ).double()
+    model.game = OracleGame(net, cm, scale)
+    with torch.no_grad():
+        pred = model(torch.as_tensor(d))
+    assert model.solution is not None and bool(model.solution.converged.all())
+    np.testing.assert_allclose(pred.numpy(), ref, rtol=0, atol=1e-5 * ref.max())
+
+
+def test_nfpn_parameter_count_matches_paper_on_sioux_falls_size() -> None:
+    # the paper's 45,956 parameters depend only on E = 76 links and m = 10
+    torch.manual_seed(0)
+    from fpnets.tasks.traffic.models import PaperGameGradient
+
+    game = PaperGameGradient(76, 10, 100)
+    assert sum(p.numel() for p in game.parameters()) == 45956
+    explicit = ExplicitTrafficNet(76, 1.0, num_params=45956)
+    assert abs(sum(p.numel() for p in explicit.parameters()) - 45956) / 45956 < 0.01
+
+
+def test_nfpn_forward_gradient_and_solution() -> None:
+    net = small_network()
+    model = TrafficNFPN(net, 50.0, hidden=16, max_iter=20, tol=1e-4)
+    d = 10 * torch.rand(4, 10)
+    x = model(d)
+    assert x.shape == (4, net.num_links) and torch.all(x >= 0)
+    sol = model.solution
+    assert sol is not None and sol.iterations.shape == (4,) and sol.residual.shape == (4,)
+    loss = traffic_loss(x, torch.ones_like(x) * 30, 50.0)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    # other solver/backward objects are accepted and do not change the forward value
+    other = TrafficNFPN(
+        net, 50.0, hidden=16, max_iter=20, tol=1e-4, backward=fpnets.IFT(fpnets.Picard(max_iter=5))
+    )
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other(d), x)
+
+
+def test_averaged_variant_condition_and_averagedness() -> None:
+    net = small_network()
+    with pytest.raises(ValueError, match=r"alpha=.* must be below 2/\(K L\)"):
+        TrafficNFPN(net, 50.0, variant="averaged", alpha=1.0, hidden=8)
+    model = TrafficNFPN(net, 50.0, variant="averaged", alpha=0.5, hidden=8, mu=0.2).double()
+    limit = model.averaged_step_limit()
+    assert model.alpha < limit
+    # make the unconstrained weight large so the spectral bound is active
+    with torch.no_grad():
+        model.game.a.weight.mul_(50.0)
+    game = model.game
+    assert isinstance(game, CocoerciveGameGradient)
+    d = 10 * torch.rand(16, 10, dtype=torch.float64)
+    cd = game.context_features(d / 10)
+    # F_Θ is 1/L-cocoercive: ⟨F(X) − F(Y), X − Y⟩ ≥ ‖F(X) − F(Y)‖² / L
+    x, y = (
+        3 * torch.randn(16, net.num_links, dtype=torch.float64),
+        3 * torch.randn(16, net.num_links, dtype=torch.float64),
+    )
+    with torch.no_grad():
+        fx, fy = game(x, cd), game(y, cd)
+    lhs = ((fx - fy) * (x - y)).sum(1)
+    rhs = ((fx - fy) ** 2).sum(1) / game.lipschitz
+    assert torch.all(lhs >= rhs - 1e-10)
+    # T is θ-averaged with θ = 2β / (4β − α), β = 1/(K L):
+    # ‖Tz − Tw‖² ≤ ‖z − w‖² − (1 − θ)/θ ‖(I − T)z − (I − T)w‖²
+    beta = 1.0 / (model.num_commodities * game.lipschitz)
+    theta = 2 * beta / (4 * beta - model.alpha)
+    shape = (16, model.num_commodities, net.num_links)
+    z, w = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    with torch.no_grad():
+        tz, tw = model.operator(z, cd), model.operator(w, cd)
+    left = ((tz - tw) ** 2).sum((1, 2))
+    right = ((z - w) ** 2).sum((1, 2)) - (1 - theta) / theta * (((z - tz) - (w - tw)) ** 2).sum((1, 2))
+    assert torch.all(left <= right + 1e-9)
+
+
+def test_nfpn_input_errors() -> None:
+    net = small_network()
+    model = TrafficNFPN(net, 50.0, hidden=8)
+    with pytest.raises(ValueError, match="expects contexts of shape"):
+        model(torch.rand(10))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model(torch.full((2, 10), float("nan")))
+    with pytest.raises(ValueError, match="unknown variant"):
+        TrafficNFPN(net, 50.0, variant="dense")
+
+
+def test_baselines_and_evaluate(tmp_path: Path) -> None:
+    from fpnets.tasks.traffic import build_dataset
+
+    net = small_network()
+    d = tmp_path / "Small"
+    d.mkdir()
+    lines = ["<NUMBER OF ZONES> 2", "<NUMBER OF NODES> 5", "<FIRST THRU NODE> 3", "<END OF METADATA>", ""]
+    for a, b, t, c in zip(net.tail, net.head, net.free_flow_time, net.capacity, strict=True):
+        lines.append(f"{a + 1}\t{b + 1}\t{c}\t1\t{t}\t0.15\t4\t0\t0\t1\t;")
+    (d / "Small_net.tntp").write_text("\n".join(lines) + "\n")
+    (d / "Small_trips.tntp").write_text(
+        "<NUMBER OF ZONES> 2\n<TOTAL OD FLOW> 200\n<END OF METADATA>\nOrigin 1\n2 : 120;\nOrigin 2\n1 : 80;\n"
+    )
+    data = build_dataset(d, 8, 2, 4, seed=0, gap=1e-10)
+    base = MeanCapacityBaseline.from_data(data)
+    out = evaluate(base, data.test.context, data.test.flow, network=data.network, context_model=data.model)
+    assert set(METRICS) - {"iterations"} <= set(out)
+    assert torch.all(out["wardrop_gap"] >= -1e-12)  # feasible flows
+    assert torch.all(out["conservation_error"] < 1e-6)
+    model = TrafficNFPN(data.network, data.flow_scale(), hidden=8, max_iter=5)
+    out = evaluate(model, data.test.context, data.test.flow, network=data.network, context_model=data.model)
+    assert out["iterations"].shape == (4,) and out["prediction"].shape == data.test.flow.shape
+    assert 0 <= out["trafix_total"] <= 1 and out["relative_error"].shape == (4,)
