@@ -436,6 +436,17 @@ def test_short_training_lowers_the_test_error() -> None:
     assert test_mse() < 0.5 * before
 
 
+def test_doc_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    text = (ROOT / "docs" / "games.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "docs/games.md", "exec"), {"__name__": "__doc_example__"})
+    assert "qre_residual" in capsys.readouterr().out
+
+
 def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "games.json"
     args = ["--sizes", "3", "--train", "16", "--val", "8", "--test", "8", "--epochs", "1", "--batch", "8"]
