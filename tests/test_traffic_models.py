@@ -245,3 +245,22 @@ def test_baselines_and_evaluate(tmp_path: Path) -> None:
     out = evaluate(model, data.test.context, data.test.flow, network=data.network, context_model=data.model)
     assert out["iterations"].shape == (4,) and out["prediction"].shape == data.test.flow.shape
     assert 0 <= out["trafix_total"] <= 1 and out["relative_error"].shape == (4,)
+
+
+def test_plots_write_figures(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from fpnets.tasks.traffic.plots import flow_scatter, network_map
+
+    net = small_network()
+    with pytest.raises(ValueError, match="has no node coordinates"):
+        network_map(net, np.ones(net.num_links))
+    xy = np.array([[0.0, 0.0], [2.0, 0.0], [0.5, 1.0], [1.0, -1.0], [1.5, 1.0]])
+    net = Network(
+        **{**{k: getattr(net, k) for k in net.__dataclass_fields__ if k != "_cache"}, "coordinates": xy}
+    )
+    flows = np.linspace(0, 100, net.num_links)
+    network_map(net, flows, tmp_path / "flow.png")
+    with pytest.raises(ValueError, match="values must have shape"):
+        network_map(net, flows[:-1])
+    flow_scatter(torch.tensor(flows[None]), torch.tensor(flows[None] + 1), tmp_path / "scatter.png")
+    assert (tmp_path / "flow.png").stat().st_size > 1000 and (tmp_path / "scatter.png").stat().st_size > 1000

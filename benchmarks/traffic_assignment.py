@@ -1,0 +1,95 @@
+"""User-equilibrium solver against the best-known flows (Sioux Falls, Anaheim), and data-set speed.
+
+For each network: relative gap reached, relative error ‖v − v_best‖ / ‖v_best‖ against the
+``*_flow.tntp`` best-known flows, column-generation rounds, Gauss–Seidel sweeps, paths, seconds.
+With --contexts N it also times N contextual equilibria (the data-set workload) per network.
+
+    python benchmarks/traffic_assignment.py --data-dir ../shared/data/transportation-networks \
+        --out benchmarks/results/traffic_assignment.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fpnets.tasks.traffic import ContextModel, Network, solve_equilibrium
+
+from common import environment
+
+
+def run_network(directory: Path, gaps: list[float], contexts: int, context_gap: float) -> dict:
+    net = Network.from_tntp(directory)
+    best = net.best_known_flow(directory)
+    out: dict = {
+        "network": net.name,
+        "nodes": net.num_nodes,
+        "links": net.num_links,
+        "od_pairs": len(net.od_pairs[2]),
+    }
+    rows = []
+    for g in gaps:
+        start = time.perf_counter()
+        res = solve_equilibrium(net, gap=g, max_iter=2000, throw=True)
+        row = {
+            "target_gap": g,
+            "gap": float(res.gap[0]),
+            "rounds": int(res.iterations[0]),
+            "sweeps": int(res.sweeps[0]),
+            "paths": len(res.paths),
+            "seconds": time.perf_counter() - start,
+        }
+        if best is not None:
+            row["relative_error_vs_best_known"] = float(
+                np.linalg.norm(res.link_flow[0] - best) / np.linalg.norm(best)
+            )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out["standard_costs"] = rows
+    if contexts:
+        cap_range = 0.8 if net.name.lower().startswith("anaheim") else 0.3
+        model = ContextModel.random(net, seed=0, cap_range=cap_range)
+        d = model.sample(contexts, seed=1)
+        start = time.perf_counter()
+        res = solve_equilibrium(net, model.costs(net, d), gap=context_gap, max_iter=2000, throw=True)
+        sec = time.perf_counter() - start
+        out["contextual"] = {
+            "contexts": contexts,
+            "target_gap": context_gap,
+            "max_gap": float(res.gap.max()),
+            "seconds": sec,
+            "seconds_per_context": sec / contexts,
+            "rounds_max": int(res.iterations.max()),
+            "sweeps_max": int(res.sweeps.max()),
+            "paths": len(res.paths),
+        }
+        print(json.dumps(out["contextual"]), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, required=True, help="the transportation-networks directory")
+    p.add_argument("--out", type=Path, required=True, help="JSON output file")
+    p.add_argument("--networks", default="SiouxFalls,Anaheim", help="comma-separated subdirectories")
+    p.add_argument("--gaps", default="1e-6,1e-8,1e-10", help="target relative gaps (standard costs)")
+    p.add_argument("--contexts", type=int, default=0, help="also solve this many contextual equilibria")
+    p.add_argument("--context-gap", type=float, default=1e-8)
+    args = p.parse_args(argv)
+    gaps = [float(g) for g in args.gaps.split(",") if g]
+    results = {"environment": environment(), "networks": []}
+    for name in [n for n in args.networks.split(",") if n]:
+        results["networks"].append(run_network(args.data_dir / name, gaps, args.contexts, args.context_gap))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
