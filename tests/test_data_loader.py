@@ -13,7 +13,6 @@ from fpnets.data import (
     DatasetInfo,
     Split,
     cifar_augment,
-    default_augment,
     random_crop,
     random_erasing,
     random_hflip,
@@ -245,7 +244,6 @@ def test_reference_preset_matches_normalise_then_augment():
     assert pixel.fill == 0.449 and pixel.erase_value == 0.0 and pixel.erase_p == 0.95
     with pytest.raises(ValueError, match=r"unknown preset 'x'; valid presets: reference, pixel"):
         cifar_augment("x")
-    assert isinstance(default_augment("cifar10"), CifarAugment) and default_augment("mnist") is None
 
 
 def test_augment_input_checks():

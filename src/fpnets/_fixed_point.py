@@ -138,8 +138,8 @@ class FixedPointLayer(nn.Module):
     (``torch.nn.utils.parametrize``) are computed once per forward, not once per iteration.
 
     Args:
-        operator: module called as ``operator(u, x)``; if it has a method ``initial_latent(x)``,
-            that gives u₀, otherwise u₀ = 0 shaped like x.
+        operator: module called as ``operator(u, *inputs)``; if it has a method
+            ``initial_latent(*inputs)``, that gives u₀, otherwise u₀ = 0 shaped like the first input.
         solver, backward, throw, warn, trace: as in :func:`fixed_point`.
         coupled: whether the operator couples samples; ``None`` (default) decides per call: True
             while any BatchNorm inside uses batch statistics (training mode), else False.
@@ -173,10 +173,14 @@ class FixedPointLayer(nn.Module):
         self.trace = trace
         self.solution: Solution | None = None
 
-    def forward(self, x: Tensor, z0: Tensor | None = None) -> Tensor:
+    def forward(self, *inputs: Tensor, z0: Tensor | None = None) -> Tensor:
+        """u* = T(u*; inputs) for the injected inputs (e.g. x = Q(d), or a measurement d and its
+        noise level σ), each batch-first, passed to ``operator(u, *inputs)`` at every evaluation."""
+        if not inputs:
+            raise TypeError("FixedPointLayer needs at least one injected input: layer(x) or layer(x, y, ...)")
         if z0 is None:
             init = getattr(self.operator, "initial_latent", None)
-            z0 = init(x) if callable(init) else torch.zeros_like(x)
+            z0 = init(*inputs) if callable(init) else torch.zeros_like(inputs[0])
         coupled = couples_samples(self.operator) if self.coupled is None else self.coupled
         with parametrize.cached():
             if torch.is_grad_enabled():  # fill the cache with graph-carrying weights first
@@ -184,7 +188,7 @@ class FixedPointLayer(nn.Module):
             sol = fixed_point(
                 self.operator,
                 z0,
-                x,
+                *inputs,
                 solver=self.solver,
                 backward=self.backward_mode,
                 coupled=coupled,

@@ -200,8 +200,3 @@ def cifar_augment(preset: str = "reference") -> CifarAugment:
     if preset == "pixel":
         return CifarAugment(fill=0.449, erase_value=0.0)
     raise ValueError(f"cifar_augment: unknown preset {preset!r}; valid presets: reference, pixel")
-
-
-def default_augment(name: str) -> Augment | None:
-    """The training augmentation used for data set ``name`` in the paper: CIFAR-10 only, else None."""
-    return cifar_augment() if name.lower() in ("cifar10", "cifar-10") else None

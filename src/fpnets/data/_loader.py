@@ -6,21 +6,15 @@ import inspect
 import math
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from .._seed import derive_seed
 from ._augment import Augment
 from ._types import DatasetInfo, Split
 
 _PERMUTATION_STREAM = 0
 _AUGMENT_STREAM = 1
-
-
-def derive_seed(*words: int) -> int:
-    """A 63-bit seed hashed from non-negative integers (numpy's SeedSequence), for torch.Generator."""
-    state = np.random.SeedSequence(list(words)).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class BatchLoader:

@@ -37,6 +37,8 @@ class ClassificationData(DataConfig):
     """Allow downloading missing files; unset: the data package's default."""
     limit: int = 0
     """Use only the first ``limit`` samples of every split (smoke tests); 0 = all."""
+    verify: bool = True
+    """Check local dataset files against the official checksums (false for files of your own)."""
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"augment": tuple(AUGMENTS)}
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._seed import derive_seed
 from ..tasks import Task
 from ._checkpoint import (
     Checkpoint,
@@ -33,7 +34,7 @@ from ._checkpoint import (
 from ._config import Config, config_from_dict
 from ._engine import ConfigError
 from ._outputs import TensorBoard, columns, write_metrics_csv, write_plots
-from ._runtime import DTYPES, Runtime, derived_seed, process_settings, resolve_device, seed_all, setup_runtime
+from ._runtime import DTYPES, Runtime, process_settings, resolve_device, seed_all, setup_runtime
 from ._state import check_resumable, new_run_dir
 from ._step import train_step
 
@@ -468,7 +469,7 @@ class _Trainer:
         cfg, rt, task = self.cfg, self.rt, self.task
         start = self.start_batch if epoch == self.start_epoch else 0
         if start == 0:  # seeds depend only on (seed, epoch, rank): epoch-boundary resume needs no RNG state
-            seed_all(derived_seed(cfg.train.seed, epoch, rt.rank))
+            seed_all(derive_seed(cfg.train.seed, epoch, rt.rank))
         meter = Meter(type(task), self.partial if start else None)
         elapsed = float(self.partial.get("time", 0.0)) if start else 0.0
         self.partial = {}

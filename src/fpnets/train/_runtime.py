@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .._seed import derive_seed
 from ._engine import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -154,10 +153,6 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-derived_seed = derive_seed
-"""A well-mixed 63-bit seed from integers (e.g. base seed, epoch, rank): :func:`fpnets._seed.derive_seed`."""
-
-
 @contextlib.contextmanager
 def process_settings(runtime: Runtime, threads: int, deterministic: bool) -> Iterator[None]:
     """Set torch threads and deterministic algorithms (CPU) for a run and restore them afterwards."""
@@ -178,7 +173,6 @@ def process_settings(runtime: Runtime, threads: int, deterministic: bool) -> Ite
 __all__ = [
     "DTYPES",
     "Runtime",
-    "derived_seed",
     "process_settings",
     "resolve_device",
     "seed_all",
