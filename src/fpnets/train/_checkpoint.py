@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 FORMAT = "fpnets-checkpoint/1"
 MANIFESTS = ("last", "best")
@@ -97,6 +95,8 @@ def atomic_save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor]) -
     tmp = _temp_path(final)
     try:
         mode = tmp.stat().st_mode & 0o777  # what the umask allows; save_file would leave 0600
+        from safetensors.torch import save_file
+
         save_file(dict(tensors), str(tmp))
         os.chmod(tmp, mode)
         _publish(tmp, final)
@@ -224,6 +224,11 @@ class Checkpoint:
         return int(self.meta["epoch"])
 
 
+def require_safetensors() -> None:
+    """Raise ModuleNotFoundError now, rather than after an epoch, when safetensors is missing."""
+    import safetensors  # noqa: F401
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
@@ -335,6 +340,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, tag: str = "best", *, verify: bool = True) -> Checkpoint:
     """Load a checkpoint from a run directory, checkpoints directory or manifest (``tag`` picks
     ``best`` or ``last`` for directories). ``verify`` checks the tensor files' SHA-256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     mpath = manifest_path(path, tag)
     meta = read_manifest(mpath)
     loaded: dict[str, dict[str, torch.Tensor]] = {}

@@ -26,6 +26,7 @@ from ._checkpoint import (
     atomic_write_text,
     join_optimizer_state,
     load_checkpoint,
+    require_safetensors,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -711,6 +712,7 @@ def train(
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a fpnets.train.Config, got {type(config).__name__}")
+    require_safetensors()  # checkpoints need it: fail before training, not after an epoch
     runtime = setup_runtime(config.run.device, config.run.dtype)
     with process_settings(runtime, config.run.threads, config.run.deterministic):
         trainer = _Trainer(
