@@ -264,3 +264,20 @@ def test_plots_write_figures(tmp_path: Path) -> None:
         network_map(net, flows[:-1])
     flow_scatter(torch.tensor(flows[None]), torch.tensor(flows[None] + 1), tmp_path / "scatter.png")
     assert (tmp_path / "flow.png").stat().st_size > 1000 and (tmp_path / "scatter.png").stat().st_size > 1000
+
+
+def test_free_flow_initial_latent_is_feasible_and_commodity_flows_add_up() -> None:
+    from fpnets.tasks.traffic.assignment import commodity_flows
+
+    net = small_network()
+    model = TrafficNFPN(net, 50.0, hidden=8).double()
+    z0 = model.initial_latent(2, torch.float64, torch.device("cpu"))  # (2, K, E)
+    torch.testing.assert_close(model.project_c1(z0), z0)  # in C1
+    torch.testing.assert_close(model.project_c2(z0), z0, atol=1e-6, rtol=0)  # in C2 (float32 buffer)
+    res = solve_equilibrium(net, gap=1e-10)
+    for commodity in ("origin", "od"):
+        xk = commodity_flows(net, res.paths, res.path_flow, commodity)  # (1, K, E)
+        np.testing.assert_allclose(xk.sum(1), res.link_flow, rtol=1e-12)
+        np.testing.assert_allclose(xk[0] @ net.incidence.T, net.commodity_demand(commodity), atol=1e-9)
+    with pytest.raises(ValueError, match=r"initial must have shape \(2, 14\)"):
+        TrafficNFPN(net, 50.0, hidden=8, initial=np.zeros((3, 14)))

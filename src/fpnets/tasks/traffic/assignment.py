@@ -32,7 +32,14 @@ import numpy as np
 
 from .network import LinkCosts, Network
 
-__all__ = ["AssignmentResult", "PathSet", "relative_gap", "solve_equilibrium"]
+__all__ = [
+    "AssignmentResult",
+    "PathSet",
+    "all_or_nothing",
+    "commodity_flows",
+    "relative_gap",
+    "solve_equilibrium",
+]
 
 
 class PathSet:
@@ -146,6 +153,40 @@ def relative_gap(network: Network, costs: LinkCosts, v: np.ndarray) -> np.ndarra
     kappa = network.shortest_paths().distances(t)[:, o, d]  # (C, W)
     tv = (t * v).sum(-1)
     return (tv - kappa @ q) / tv
+
+
+def commodity_flows(
+    network: Network, paths: PathSet, path_flow: np.ndarray, commodity: str = "origin"
+) -> np.ndarray:
+    """(C, K, E) link flows of each commodity (origin or OD pair) from path flows (C, P) on ``paths``."""
+    o = network.od_pairs[0]
+    if commodity == "origin":
+        k_of_od = np.searchsorted(network.origins, o)
+        num_k = len(network.origins)
+    elif commodity == "od":
+        k_of_od, num_k = np.arange(len(o)), len(o)
+    else:
+        raise ValueError(f"commodity must be 'origin' or 'od', got {commodity!r}")
+    h = np.atleast_2d(path_flow)
+    out = np.zeros((h.shape[0], num_k, network.num_links))
+    for pid, (w, links) in enumerate(zip(paths.od, paths.links, strict=True)):
+        out[:, k_of_od[w], links] += h[:, pid : pid + 1]
+    return out
+
+
+def all_or_nothing(network: Network, cost: np.ndarray | None = None, commodity: str = "origin") -> np.ndarray:
+    """(K, E) commodity link flows when every OD pair takes its shortest path under ``cost`` (E,)
+    (default: the free-flow times t₀)."""
+    cost = network.free_flow_time if cost is None else np.asarray(cost, dtype=np.float64)
+    sp = network.shortest_paths()
+    _, pred, winner = sp.trees(cost)
+    o, d, q = network.od_pairs
+    paths = PathSet(network)
+    h = np.zeros(len(q))
+    for w in range(len(q)):
+        pid, _ = paths.add(w, sp.path(pred[sp.origin_row(o[w])], winner, int(d[w])))
+        h[pid] = q[w]
+    return commodity_flows(network, paths, h[None, :], commodity)[0]
 
 
 def _dijkstra_round(network: Network, paths: PathSet, t: np.ndarray, add: bool) -> tuple[np.ndarray, bool]:

@@ -148,6 +148,9 @@ class TrafficNFPN(nn.Module):
         solver, backward: fpnets solver (default Picard(tol, max_iter)) and backward mode (default JFB).
         tol, max_iter: default solver tolerance (1e-4) and cap (50), as in the paper.
         warn: warn when a forward solve misses the tolerance.
+        initial: the starting latent z₀: "free-flow" (every OD pair on its free-flow shortest path: a
+            point of C1 ∩ C2), "min-norm" (N⁺ b_k, the minimum-norm point of C2), "zero", or a (K, E)
+            array of commodity flows in vehicles (e.g. from :func:`~.assignment.commodity_flows`).
 
     Attributes:
         solution: the :class:`fpnets.Solution` of the last forward (detached).
@@ -171,6 +174,7 @@ class TrafficNFPN(nn.Module):
         tol: float = 1e-4,
         max_iter: int = 50,
         warn: bool = False,
+        initial: str | np.ndarray = "free-flow",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -208,6 +212,26 @@ class TrafficNFPN(nn.Module):
                     f"(K = {self.num_commodities} commodities, L = {self.game.lipschitz:g}) for T to be averaged; "
                     "lower alpha, mu or bound"
                 )
+        if isinstance(initial, str):
+            if initial == "free-flow":
+                from .assignment import all_or_nothing
+
+                z0 = all_or_nothing(network, commodity=commodity) / flow_scale
+            elif initial == "min-norm":
+                z0 = offset.numpy()
+            elif initial == "zero":
+                z0 = np.zeros((self.num_commodities, self.num_links))
+            else:
+                raise ValueError(
+                    f"initial must be 'free-flow', 'min-norm', 'zero' or a (K, E) array, got {initial!r}"
+                )
+        else:
+            z0 = np.asarray(initial, dtype=np.float64) / flow_scale
+            if z0.shape != (self.num_commodities, self.num_links):
+                raise ValueError(
+                    f"initial must have shape ({self.num_commodities}, {self.num_links}) (K, E), got {z0.shape}"
+                )
+        self.register_buffer("z0", torch.as_tensor(z0, dtype=torch.float32))
         self.solver = Picard(tol=tol, max_iter=max_iter) if solver is None else solver
         self.backward_mode = JFB() if backward is None else backward
         self.warn = warn
@@ -240,8 +264,8 @@ class TrafficNFPN(nn.Module):
         return self.flow_scale * self.project_c1(z).sum(1)
 
     def initial_latent(self, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """z₀ = P_C2(0) = N⁺ b_k (flow-conserving), (B, K, E)."""
-        return self.offset.to(dtype=dtype, device=device).unsqueeze(0).expand(batch, -1, -1).contiguous()
+        """z₀ (B, K, E), see ``initial``."""
+        return self.z0.to(dtype=dtype, device=device).unsqueeze(0).expand(batch, -1, -1).contiguous()
 
     def forward(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
         if d.dim() != 2:
