@@ -331,3 +331,32 @@ def test_wardrop_gap_of_predictions(tmp_path: Path) -> None:
     aon = torch.as_tensor(first.link_flow)
     assert torch.all(wardrop_gap(aon, ctx, net, model) > 1e-4)
     assert torch.all(conservation_error(aon, net) <= 1e-12)
+
+
+def test_benchmark_script_writes_json(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    write_network(tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic_assignment.py"
+    spec = importlib.util.spec_from_file_location("traffic_assignment_bench", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out.json"
+    args = [
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--networks",
+        "Toy",
+        "--gaps",
+        "1e-9",
+        "--contexts",
+        "3",
+    ]
+    assert module.main(args) == 0
+    result = json.loads(out.read_text())["networks"][0]
+    assert result["standard_costs"][0]["gap"] <= 1e-9
+    assert result["contextual"]["max_gap"] <= 1e-8 and result["contextual"]["contexts"] == 3
