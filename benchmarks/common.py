@@ -152,7 +152,7 @@ def saved_tensor_bytes() -> tuple[Callable[[], int], Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Counting helpers (backward_modes.py, memory_depth.py, torchdeq_compare.py)
+# Counting helpers (backward_modes.py, memory_depth.py, torchdeq_compare.py, epoch_time.py)
 
 
 def mib(nbytes: float | None) -> float | None:
@@ -347,3 +347,76 @@ class SavedTensors:
 
     def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
+
+
+class StepProbe:
+    """Instruments one :func:`fpnets.train.train_step` call at the boundaries of its phases.
+
+    ``train_step`` runs zero_grad → forward → ``loss_fn`` → backward → optimizer step → after_step.
+    Pass :meth:`loss` as its ``loss_fn`` inside ``with StepProbe(...)``: the forward pass and the
+    loss ℓ run under :attr:`forward` (a :class:`SavedTensors`), the backward pass under
+    :attr:`backward` (another), and an optimizer step pre-hook closes the backward window just
+    before the optimizer step. Read after the call:
+
+    - ``held``: ``forward.live()`` when the loss is computed (what autograd holds for backward);
+    - ``nodes``: autograd nodes reachable from ℓ (:func:`graph_nodes`);
+    - ``fwd_calls``, ``fwd_samples``, ``fwd_graph_calls``: the ``counter``'s :class:`CallCounter`
+      counts at the end of the forward pass (its ``phase`` is then set to "backward");
+    - ``peak``: :func:`cuda_peak` after the backward pass, before the optimizer step (None
+      off CUDA).
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        *,
+        device: torch.device | str = "cpu",
+        counter: CallCounter | None = None,
+    ) -> None:
+        self._loss_fn, self._optimizer, self._counter = loss_fn, optimizer, counter
+        self.device = torch.device(device)
+        self.forward, self.backward = SavedTensors(), SavedTensors()
+        self._open: SavedTensors | None = None
+        self._handle: Any = None
+        self.held = self.nodes = 0
+        self.fwd_calls = self.fwd_samples = self.fwd_graph_calls = 0
+        self.peak: int | None = None
+
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
+        """``loss_fn(output, target)`` under :attr:`forward`, then opens :attr:`backward`."""
+        if self._open is not self.forward:
+            raise RuntimeError("StepProbe.loss: use it as the loss_fn of one train_step inside `with probe:`")
+        loss = self._loss_fn(output, target)
+        self._switch(None)
+        self.held = self.forward.live()
+        self.nodes = graph_nodes(loss)
+        if self._counter is not None:
+            c = self._counter
+            self.fwd_calls, self.fwd_samples, self.fwd_graph_calls = c.calls, c.samples, c.graph_calls
+            c.phase = "backward"
+        self._switch(self.backward)
+        return loss
+
+    def _before_step(self, *_: Any) -> None:
+        if self._open is self.backward:
+            self._switch(None)
+            self.peak = cuda_peak(self.device)
+
+    def _switch(self, to: SavedTensors | None) -> None:
+        if self._open is not None:
+            self._open.__exit__(None, None, None)
+        self._open = to
+        if to is not None:
+            to.__enter__()
+
+    def __enter__(self) -> StepProbe:
+        self._handle = self._optimizer.register_step_pre_hook(self._before_step)
+        self._switch(self.forward)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._switch(None)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None

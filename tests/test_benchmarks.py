@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks/epoch_time.py and benchmarks/gpu.sh (tiny CPU settings, subprocesses).
+"""Smoke tests of benchmarks/epoch_time.py and benchmarks/gpu.sh (tiny CPU settings, subprocesses),
+and of benchmarks/common.py's StepProbe (the instrumentation around fpnets.train.train_step).
 
 Both scripts run once, concurrently (one thread each), in a module fixture: epoch_time.py directly
 with ``--reduced --batch 2`` for SVHN and CIFAR-10 × (fpn, jacobian, explicit), and
@@ -7,6 +8,8 @@ with ``--reduced --batch 2`` for SVHN and CIFAR-10 × (fpn, jacobian, explicit),
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fpnets.train import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("svhn", "cifar10")
@@ -128,3 +136,62 @@ def test_gpu_sh_rejects_unknown_argument() -> None:
         ["bash", "benchmarks/gpu.sh", "--bogus"], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 2 and "unknown argument" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# StepProbe: phases of one train_step
+
+
+def _common() -> Any:
+    spec = importlib.util.spec_from_file_location("benchmarks_common", ROOT / "benchmarks" / "common.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mlp() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    return model, torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+
+
+def test_step_probe_splits_train_step_at_its_phases() -> None:
+    common = _common()
+    model, x, y = _mlp()
+    twin = copy.deepcopy(model)
+    with common.SavedTensors() as plain:  # the forward pass and the loss, by hand, on an identical copy
+        loss_ref = F.cross_entropy(twin(x), y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with common.CallCounter(model[2]) as calls:
+        with common.StepProbe(F.cross_entropy, opt, counter=calls) as probe:
+            out = train_step(model, x, y, probe.loss, opt)
+        assert (calls.calls, calls.by_phase, calls.backprops) == (1, {"forward": 1}, 1)
+    assert probe.forward.total() == plain.total() > 0 and probe.held == plain.live() > 0
+    assert probe.nodes == common.graph_nodes(loss_ref) > 0
+    assert (probe.fwd_calls, probe.fwd_samples, probe.fwd_graph_calls) == (1, 5, 1)
+    assert calls.phase == "backward"
+    assert probe.backward.total() == 0  # a plain backward pass saves nothing
+    assert probe.peak is None  # CPU
+    assert torch.equal(out.loss, loss_ref.detach())
+    # the windows and the optimizer hook are gone: later forward passes and steps are not recorded
+    before = probe.forward.total()
+    train_step(model, torch.randn(7, 4), y.repeat(2)[:7], F.cross_entropy, opt)  # new input storage
+    assert probe.forward.total() == before and probe.backward.total() == 0
+
+
+def test_step_probe_closes_its_windows_on_error() -> None:
+    common = _common()
+    model, x, y = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def broken(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise ValueError("bad loss")
+
+    with pytest.raises(ValueError, match="bad loss"), common.StepProbe(broken, opt) as probe:
+        train_step(model, x, y, probe.loss, opt)
+    before = probe.forward.total()
+    model(torch.randn(7, 4)).sum().backward()  # new input storage: it would be recorded
+    assert probe.forward.total() == before
+    with pytest.raises(RuntimeError, match="loss_fn of one train_step inside `with probe:`"):
+        common.StepProbe(F.cross_entropy, opt).loss(model(x), y)
