@@ -66,20 +66,19 @@ import torch.nn.functional as F
 import fpnets
 import fpnets.backward._modes as modes
 from fpnets.models import build_model
+from fpnets.train import train_step
 
 from common import (
     RESULTS,
     CallCounter,
     GradCallCounter,
-    SavedTensors,
+    StepProbe,
     alternate,
     choose,
     command_line,
-    cuda_peak,
     cuda_reset_peak,
     environment,
     fmt,
-    graph_nodes,
     markdown_table,
     median,
     mib,
@@ -184,11 +183,7 @@ class Trainer:
 
     def step(self) -> None:
         d, y = self.next_batch()
-        loss = F.cross_entropy(self.model(d), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.model.after_optimizer_step()
+        train_step(self.model, d, y, F.cross_entropy, self.opt, after_step=self.model.after_optimizer_step)
         sol = self.model.solution
         if sol is not None:
             self.depths.append(sol.iterations)
@@ -202,7 +197,6 @@ class Trainer:
         if isinstance(mode, fpnets.IFT):  # count adjoint solves that miss their tolerance
             model.latent.backward_mode = dataclasses.replace(mode, warn=True)
         base = cuda_reset_peak(self.device)
-        saved_fwd, saved_bwd = SavedTensors(), SavedTensors()
         try:
             with (
                 CallCounter(model.operator) as calls,
@@ -211,19 +205,12 @@ class Trainer:
                 warnings.catch_warnings(record=True) as caught,
             ):
                 warnings.simplefilter("always", fpnets.ConvergenceWarning)
-                with saved_fwd:
-                    loss = F.cross_entropy(model(d), y)
-                held = saved_fwd.live()  # what autograd holds for the backward pass
-                nodes = graph_nodes(loss)
-                fwd_calls, fwd_samples, graph_calls = calls.calls, calls.samples, calls.graph_calls
-                calls.phase = "backward"
-                self.opt.zero_grad(set_to_none=True)
-                with saved_bwd:
-                    loss.backward()
-                peak = cuda_peak(self.device)
+                # the forward pass and the loss under one saved-tensors hook, the backward pass under
+                # another; the probe reads the CUDA peak before the optimizer step
+                with StepProbe(F.cross_entropy, self.opt, device=self.device, counter=calls) as probe:
+                    out = train_step(model, d, y, probe.loss, self.opt)
         finally:
             model.latent.backward_mode = mode
-        self.opt.step()
         model.after_optimizer_step()  # outside the counters: the Lipschitz probe also evaluates R
         sol = model.solution
         adjoint_vjps = vjps[0]
@@ -233,9 +220,9 @@ class Trainer:
         return {
             "fwd_depth": None if sol is None else float(sol.iterations.float().mean()),
             "fwd_solve_calls": None if sol is None else sol.evaluations,
-            "fwd_calls": fwd_calls,
-            "fwd_samples": fwd_samples,
-            "graph_calls": graph_calls,
+            "fwd_calls": probe.fwd_calls,
+            "fwd_samples": probe.fwd_samples,
+            "graph_calls": probe.fwd_graph_calls,
             "bwd_backprops": calls.backprops,
             "bwd_adjoint_vjps": adjoint_vjps,
             "bwd_setup_vjps": setup,
@@ -244,13 +231,13 @@ class Trainer:
             "bwd_forward_calls": calls.by_phase.get("backward", 0),
             "bwd_total": bwd_vjps + jvps + calls.by_phase.get("backward", 0),
             "adjoint_misses": sum(1 for w in caught if issubclass(w.category, fpnets.ConvergenceWarning)),
-            "saved_live_bytes": held,
-            "saved_fwd_bytes": saved_fwd.total(),
-            "saved_bwd_bytes": saved_bwd.total(),
-            "cuda_peak_bytes": peak,
+            "saved_live_bytes": probe.held,
+            "saved_fwd_bytes": probe.forward.total(),
+            "saved_bwd_bytes": probe.backward.total(),
+            "cuda_peak_bytes": probe.peak,
             "cuda_base_bytes": base,
-            "graph_nodes": nodes,
-            "loss": float(loss.detach()),
+            "graph_nodes": probe.nodes,
+            "loss": float(out.loss),
         }
 
 

@@ -5,7 +5,7 @@ the Jacobian-based baseline: MNIST 17.6 vs 28.4 s (1.6×), SVHN 36.9 vs 92.8 s (
 146.6 vs 530.9 s (3.6×). This script measures the same quantity for fpnets' models:
 
 - every model × variant is built from its bundled training config (``fpnets.train.load_config``
-  with ``model.variant`` = jfb / jacobian / explicit, then ``fpnets.train.build_network``): the
+  with ``model.variant`` = fpn / jacobian / explicit, then ``cfg.make_task().build_model()``): the
   paper's forward tolerance and depth cap (CIFAR-10: JFB 0.1 / 50, Jacobian-based 1e-4 / 500 with
   CG on the normal equations to 1e-4 / 500; SVHN: 1e-4 / 200 for both; MNIST 0.1 / 50), latent
   BatchNorm for JFB and explicit, none for the Jacobian-based network, the reference Lipschitz
@@ -16,7 +16,8 @@ the Jacobian-based baseline: MNIST 17.6 vs 28.4 s (1.6×), SVHN 36.9 vs 92.8 s (
   batches get the paper's augmentation (flip, padded crop, random erasing) on the fly, then every
   batch is normalised with the dataset's mean / std, as in training;
 - a step is what the training loop does per batch: host-to-device copy, augmentation,
-  normalisation, forward, cross-entropy, backward, Adam step, Lipschitz rule. No evaluation pass;
+  normalisation, then ``fpnets.train.train_step`` (forward, cross-entropy, backward, Adam step,
+  Lipschitz rule; under ``--amp fp16`` the same with a gradient scaler). No evaluation pass;
 - the variants of a model take turns step by step (``--warmup`` untimed steps each, then
   ``--steps`` timed rounds), so load on the machine spreads evenly over them; CUDA is synchronised
   around every timed step. ``--budget`` stops a model's rounds early once its warm-up + timing
@@ -43,16 +44,27 @@ import argparse
 import contextlib
 import math
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from fpnets.data import cifar_augment, dataset_info
-from fpnets.train import build_network, load_config
+from fpnets.tasks.classification import AUGMENTS
+from fpnets.train import load_config, train_step
 
-from common import RESULTS, choose, command_line, environment, markdown_table, median, sync, write_json
+from common import (
+    RESULTS,
+    GradCallCounter,
+    choose,
+    command_line,
+    environment,
+    markdown_table,
+    median,
+    sync,
+    write_json,
+)
 
 MODELS: dict[str, dict[str, Any]] = {
     # config: bundled training config; samples: training images per epoch in the paper
@@ -61,8 +73,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "cifar10-unaugmented": {"config": "cifar10-unaugmented", "samples": 50_000},
     "mnist": {"config": "mnist", "samples": 60_000},
 }
-VARIANTS = {"fpn": "jfb", "jacobian": "jacobian", "explicit": "explicit"}
-"""Model variant (``build_model``) -> config variant (``model.variant``)."""
+VARIANTS = ("fpn", "jacobian", "explicit")
+"""Values of the classification task's ``model.variant`` timed here."""
 LABELS = {"fpn": "JFB", "jacobian": "Jacobian-based", "explicit": "explicit"}
 PAPER_S_PER_EPOCH = {  # Table 2, one TITAN X
     "mnist": {"jacobian": 28.4, "fpn": 17.6},
@@ -73,21 +85,16 @@ REDUCED = {"batch": 8, "steps": 2, "warmup": 1, "max_iter": 3, "pool": 2, "threa
 MIN_TIMED_ROUNDS = 2
 
 
-@contextlib.contextmanager
-def counting_autograd_grad() -> Iterator[list[int]]:
-    """Count calls of ``torch.autograd.grad`` (the Jacobian products of an implicit backward)."""
-    count = [0]
-    original = torch.autograd.grad
+class Autocast(nn.Module):
+    """``model(x)`` under ``torch.autocast`` on CUDA (bf16 or fp16): the forward pass of an AMP step."""
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        count[0] += 1
-        return original(*args, **kwargs)
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
 
-    torch.autograd.grad = counted  # type: ignore[assignment]
-    try:
-        yield count
-    finally:
-        torch.autograd.grad = original  # type: ignore[assignment]
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast("cuda", dtype=self.dtype):
+            return self.model(x)
 
 
 class Trainer:
@@ -95,7 +102,10 @@ class Trainer:
 
     def __init__(self, model_name: str, variant: str, args: argparse.Namespace, device: torch.device) -> None:
         spec = MODELS[model_name]
-        cfg = load_config(spec["config"], [f"model.variant={VARIANTS[variant]}"])
+        overrides = [f"model.variant={variant}"]
+        if args.channels_last is not None:
+            overrides.append(f"model.channels_last={str(args.channels_last).lower()}")
+        cfg = load_config(spec["config"], overrides)
         if args.max_iter:  # --reduced: cap the forward solve and the CG solve
             cfg.solver.max_iter = min(cfg.solver.max_iter or args.max_iter, args.max_iter)
             inner = cfg.backward.options.get("solver")
@@ -104,26 +114,21 @@ class Trainer:
         self.model_name, self.variant, self.cfg, self.device = model_name, variant, cfg, device
         info = dataset_info(cfg.data.name)
         torch.manual_seed(args.seed)
-        self.model = build_network(cfg, info).to(device)
-        channels_last = cfg.run.channels_last if args.channels_last is None else args.channels_last
-        if channels_last:
-            self.model.channels_last_()
-        self.channels_last = channels_last
+        self.model = cfg.make_task().build_model().to(device)  # NHWC when model.channels_last
+        self.channels_last = cfg.model.channels_last
         self.model.train()
         o = cfg.optim
         self.opt = torch.optim.Adam(
             self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
         )
-        if cfg.data.augment not in ("none", "cifar10", "cifar10-pixel"):
-            raise SystemExit(f"unknown augmentation {cfg.data.augment!r} in config {spec['config']!r}")
-        self.augment = (
-            None
-            if cfg.data.augment == "none"
-            else cifar_augment("pixel" if cfg.data.augment == "cifar10-pixel" else "reference")
-        )
+        preset = AUGMENTS[cfg.data.augment]  # the config checked the name
+        self.augment = None if preset is None else cifar_augment(preset)
         self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
         self.amp = args.amp
+        self.amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+        # the forward pass under autocast with --amp; the loss too (cross_entropy then runs in float32)
+        self.forward_model: nn.Module = Autocast(self.model, self.amp_dtype) if args.amp else self.model
         self.scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
         # synthetic data: the same images and labels for every variant of a model
         gen = torch.Generator().manual_seed(args.seed)
@@ -147,27 +152,25 @@ class Trainer:
             x = self.augment(x, torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps))
         return (x - self.mean) / self.std, y
 
-    def loss(self) -> torch.Tensor:
-        x, y = self.batch()
-        ctx = (
-            torch.autocast("cuda", dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
-            if self.amp
-            else contextlib.nullcontext()
-        )
+    def criterion(self, output: Tensor, target: Tensor) -> Tensor:
+        """Cross-entropy ℓ (under autocast with ``--amp``, as the forward pass)."""
+        ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else contextlib.nullcontext()
         with ctx:
-            return F.cross_entropy(self.model(x), y)
+            return F.cross_entropy(output, target)
 
     def step(self) -> None:
-        loss = self.loss()
-        self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:
+        x, y = self.batch()
+        if self.scaler is None:
+            train_step(
+                self.forward_model, x, y, self.criterion, self.opt, after_step=self.model.after_optimizer_step
+            )
+        else:  # fp16: the loss scaled for backward, the optimizer stepped through the scaler
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.criterion(self.forward_model(x), y)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
-        else:
-            loss.backward()
-            self.opt.step()
-        self.model.after_optimizer_step()
+            self.model.after_optimizer_step()
         sol = self.model.solution
         if sol is not None:  # kept on the device: no extra synchronisation inside the timed step
             self.depths.append(sol.iterations.float().mean())
@@ -175,15 +178,19 @@ class Trainer:
         self.steps += 1
 
     def count_matvecs(self) -> int:
-        """Jacobian products in one backward pass (untimed; gradients discarded, no update)."""
-        loss = self.loss()
+        """Jacobian products in one backward pass (untimed; gradients discarded, no update).
+
+        Not a training step: the backward pass alone is counted, and the weights stay as they are.
+        """
+        x, y = self.batch()
+        loss = self.criterion(self.forward_model(x), y)
         self.opt.zero_grad(set_to_none=True)
-        with counting_autograd_grad() as count:
+        with GradCallCounter() as grads:  # calls of torch.autograd.grad: one product each
             loss.backward()
         self.opt.zero_grad(set_to_none=True)
         self.model._rescale_point = None  # this forward is not followed by an optimizer step
         self.steps += 1
-        return count[0]
+        return grads.calls
 
     def settings(self) -> dict[str, Any]:
         c = self.cfg
@@ -347,7 +354,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="NHWC models (default: the config's run.channels_last, on, as in training)",
+        help="NHWC models (default: the config's model.channels_last, on, as in training)",
     )
     p.add_argument(
         "--amp", nargs="?", const="bf16", choices=["bf16", "fp16"], default=None, help="autocast (CUDA only)"

@@ -43,17 +43,17 @@ import torch.nn.functional as F
 import fpnets
 from fpnets.models import build_model
 from fpnets.norms import max_channel_norm
+from fpnets.train import train_step
 
 from common import (
     RESULTS,
     CallCounter,
-    SavedTensors,
+    StepProbe,
     choose,
     command_line,
     cuda_peak,
     cuda_reset_peak,
     environment,
-    graph_nodes,
     markdown_table,
     mib,
     mnist_batches,
@@ -92,29 +92,13 @@ def measure(mode: str, depth: int, args: argparse.Namespace, batch: tuple[Any, A
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-6)
     d, y = batch
-
-    def step(saved: SavedTensors | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if saved is not None:
-            with saved:
-                loss = F.cross_entropy(model(d), y)
-            out["held"] = saved.live()
-            out["saved"] = saved.total()
-            out["nodes"] = graph_nodes(loss)
-        else:
-            loss = F.cross_entropy(model(d), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return out
-
-    step()  # warm-up at depth 2: Adam state, allocator
+    train_step(model, d, y, F.cross_entropy, opt)  # warm-up at depth 2: Adam state, allocator
     model.latent.solver = fpnets.Picard(tol=0.0, max_iter=depth, norm=max_channel_norm)
     model.latent.solution = None
     base = cuda_reset_peak(device)
-    saved = SavedTensors()
-    with CallCounter(model.operator) as calls:
-        out = step(saved)
+    # saved tensors of the forward pass (and the loss) only; the CUDA peak over the whole step
+    with CallCounter(model.operator) as calls, StepProbe(F.cross_entropy, opt, device=device) as probe:
+        train_step(model, d, y, probe.loss, opt)
     peak = cuda_peak(device)
     sol = model.solution
     assert sol is not None
@@ -128,9 +112,9 @@ def measure(mode: str, depth: int, args: argparse.Namespace, batch: tuple[Any, A
         "operator_calls": calls.calls,
         "graph_calls": calls.graph_calls,
         "backprops_through_R": calls.backprops,
-        "held_bytes": out["held"],
-        "saved_bytes": out["saved"],
-        "graph_nodes": out["nodes"],
+        "held_bytes": probe.held,
+        "saved_bytes": probe.forward.total(),
+        "graph_nodes": probe.nodes,
         "cuda_peak_bytes": peak,
         "cuda_base_bytes": base,
         "cuda_step_bytes": None if peak is None or base is None else peak - base,

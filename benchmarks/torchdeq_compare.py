@@ -61,12 +61,13 @@ from torch import Tensor
 
 import fpnets
 from fpnets.models import build_model
+from fpnets.train import train_step
 
 from common import (
     RESULTS,
     CallCounter,
     GradCallCounter,
-    SavedTensors,
+    StepProbe,
     alternate,
     choose,
     command_line,
@@ -183,6 +184,20 @@ class Latent:
         }
 
 
+class Classifier(torch.nn.Module):
+    """d ↦ S(u*) with u* = R(u*, Q(d)) found by ``latent`` (one library); Q, R, S of ``model``."""
+
+    def __init__(self, model: torch.nn.Module, latent: Latent) -> None:
+        super().__init__()
+        self.model = model
+        self.latent = latent  # not a module: its fpnets layer shares R with ``model``
+
+    def forward(self, d: Tensor) -> Tensor:
+        model = self.model
+        x = model.encoder(d.contiguous(memory_format=model.memory_format))
+        return model.readout(self.latent(x))
+
+
 class Pipeline:
     """The whole classifier with one library in the middle, its optimizer and the batches."""
 
@@ -206,28 +221,20 @@ class Pipeline:
             m=args.anderson_m,
             warn=False,  # training: read the residuals from the counted steps instead
         )
+        self.classifier = Classifier(self.model, self.latent)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=1e-6)
         self.batches = batches
         self.index = 0
 
-    def logits(self, d: Tensor) -> Tensor:
-        model = self.model
-        x = model.encoder(d.contiguous(memory_format=model.memory_format))
-        return model.readout(self.latent(x))
-
     def step(self) -> None:
         d, y = self.batches[self.index % len(self.batches)]
         self.index += 1
-        loss = F.cross_entropy(self.logits(d), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        train_step(self.classifier, d, y, F.cross_entropy, self.opt)
 
     def measure(self) -> dict[str, Any]:
         """One untimed step with counters installed."""
         d, y = self.batches[self.index % len(self.batches)]
         self.index += 1
-        saved = SavedTensors()
         layer = getattr(self.latent, "layer", None)
         mode = None if layer is None else layer.backward_mode
         if isinstance(mode, fpnets.IFT):  # count adjoint solves that miss their tolerance
@@ -240,28 +247,23 @@ class Pipeline:
                 warnings.catch_warnings(record=True) as caught,
             ):
                 warnings.simplefilter("always", fpnets.ConvergenceWarning)
-                with saved:
-                    loss = F.cross_entropy(self.logits(d), y)
-                held = saved.live()
-                fwd_calls, fwd_samples = calls.calls, calls.samples
-                calls.phase = "backward"
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # counts and saved tensors at the end of the forward pass, then the backward phase
+                with StepProbe(F.cross_entropy, self.opt, device=self.device, counter=calls) as probe:
+                    train_step(self.classifier, d, y, probe.loss, self.opt)
         finally:
             if layer is not None:
                 layer.backward_mode = mode
-        self.opt.step()
         misses = sum(1 for w in caught if issubclass(w.category, fpnets.ConvergenceWarning))
         misses += self.latent.adjoint_misses()
         return {
-            "fwd_calls": fwd_calls,
-            "fwd_samples": fwd_samples,
+            "fwd_calls": probe.fwd_calls,
+            "fwd_samples": probe.fwd_samples,
             "fwd_graph_calls": calls.graph_calls - calls.by_phase.get("backward", 0),
             "bwd_vjps": calls.backprops + grads.calls,
             "bwd_autograd_grad_calls": grads.calls,
             "bwd_backprops": calls.backprops,
             "bwd_forward_calls": calls.by_phase.get("backward", 0),
-            "held_bytes": held,
+            "held_bytes": probe.held,
             "adjoint_misses": misses if self.latent.grad == "ift" else None,
             **self.latent.stats(),
         }

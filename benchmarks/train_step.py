@@ -11,7 +11,8 @@ one change at a time:
   a graph for the solve, once with one), fixed-point iteration stopped on the largest channel-norm
   residual of the batch, one more application of R with a graph (JFB), and the Lipschitz probe
   (two more applications of R) after every step. This is the baseline the ratios are taken to.
-- ``port``: the same algorithm through fpnets: NCHW tensors, probe after every step, encoder once.
+- ``port``: the same algorithm through fpnets (``fpnets.train.train_step``): NCHW tensors, probe
+  after every step, encoder once.
 - ``channels_last``: NHWC memory layout (oneDNN convolutions about 2× faster on this CPU).
 - ``probe/25``: the Lipschitz probe every 25 steps; a probe that does not rescale leaves training
   bitwise unchanged (tests/test_models.py), and on MNIST it does not rescale (column ``rescales``).
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from fpnets.data import BatchLoader, load_splits
 from fpnets.models import build_model
+from fpnets.train import train_step
 
 from common import RESULTS, alternate, choose, command_line, environment, markdown_table, median, write_json
 
@@ -120,11 +122,7 @@ class Trainer:
         if self.procedure:
             self.reference_step(x, y)
             return
-        loss = F.cross_entropy(self.model(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.model.after_optimizer_step()
+        train_step(self.model, x, y, F.cross_entropy, self.opt, after_step=self.model.after_optimizer_step)
         if self.model.solution is not None:
             self.depths.append(float(self.model.solution.iterations.float().mean()))
 
