@@ -23,6 +23,7 @@ from fpnets.models import (
     valid_options,
 )
 from fpnets.norms import l2_norm, max_channel_norm
+from fpnets.train import train_step
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jfb-reference"
 needs_reference = pytest.mark.skipif(
@@ -416,11 +417,15 @@ def _train_steps(lipschitz: str, steps: int, **options) -> tuple[FixedPointNetwo
     for i in range(steps):
         g = torch.Generator().manual_seed(i)
         x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
-        loss = torch.nn.functional.cross_entropy(model(x), y)  # dropout draws from the global RNG
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ratios.append(model.after_optimizer_step())
+        # the trainer's step; dropout draws from the global RNG; the rule's ratio ρ (None: not probed)
+        train_step(
+            model,
+            x,
+            y,
+            nn.functional.cross_entropy,
+            opt,
+            after_step=lambda: ratios.append(model.after_optimizer_step()),
+        )
     return model, ratios
 
 
