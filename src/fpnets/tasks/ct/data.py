@@ -19,7 +19,8 @@ record must equal the requested one: a file made from other parameters is rebuil
 warning too. Writes are atomic (temporary file, then rename).
 
 Splits are independent of each other's sizes: each split draws from its own child of
-``numpy.random.SeedSequence(seed)``, so growing the training set leaves val and test unchanged.
+``numpy.random.SeedSequence(seed)``, so growing the training set leaves val and test unchanged, and
+the first m samples of a split do not depend on its size.
 """
 
 from __future__ import annotations
@@ -173,25 +174,30 @@ def random_ellipses(
     on the geometry's physical width."""
     c = -1 + (np.arange(n) + 0.5) * (2.0 / n)
     x, y = np.meshgrid(c, c, indexing="xy")  # (n, n): x along columns, y along rows
-    out = np.empty((count, n, n), dtype=np.float64)
     kmax = max_ellipses
+    # parameters image by image (so that the first m images do not depend on count), (count, K) each
+    params = np.zeros((count, 7, kmax))
+    for i in range(count):
+        k = rng.integers(min_ellipses, max_ellipses + 1)
+        radius = 0.6 * np.sqrt(rng.random(k))
+        phi = rng.uniform(0, 2 * np.pi, k)
+        params[i, 0, :k] = radius * np.cos(phi)  # centre x, in the disc of radius 0.6
+        params[i, 1, :k] = radius * np.sin(phi)  # centre y
+        params[i, 2, :k] = rng.uniform(0.08, 0.45, k)  # semi-axis a
+        params[i, 3, :k] = rng.uniform(0.08, 0.45, k)  # semi-axis b
+        params[i, 4, :k] = rng.uniform(0, np.pi, k)  # orientation
+        params[i, 5, :k] = rng.uniform(0.1, 0.6, k)  # intensity
+        params[i, 6, :k] = 1.0  # active
+    params[:, 2:4][params[:, 6:7].repeat(2, axis=1) == 0] = 1.0  # inactive: any nonzero axes
+    out = np.empty((count, n, n), dtype=np.float64)
     for start in range(0, count, chunk):
-        b = min(chunk, count - start)
-        k = rng.integers(min_ellipses, max_ellipses + 1, size=b)  # (b,)
-        active = np.arange(kmax)[None, :] < k[:, None]  # (b, K)
-        radius = 0.6 * np.sqrt(rng.random((b, kmax)))
-        phi = rng.uniform(0, 2 * np.pi, (b, kmax))
-        cx, cy = radius * np.cos(phi), radius * np.sin(phi)  # (b, K) centres in the disc of radius 0.6
-        ax = rng.uniform(0.08, 0.45, (b, kmax))
-        ay = rng.uniform(0.08, 0.45, (b, kmax))
-        rot = rng.uniform(0, np.pi, (b, kmax))
-        val = rng.uniform(0.1, 0.6, (b, kmax)) * active
-        dx = x[None, None] - cx[..., None, None]  # (b, K, n, n)
-        dy = y[None, None] - cy[..., None, None]
-        cr, sr = np.cos(rot)[..., None, None], np.sin(rot)[..., None, None]
+        p = params[start : start + chunk, :, :, None, None]  # (b, 7, K, 1, 1)
+        dx = x - p[:, 0]  # (b, K, n, n)
+        dy = y - p[:, 1]
+        cr, sr = np.cos(p[:, 4]), np.sin(p[:, 4])
         xr, yr = dx * cr + dy * sr, -dx * sr + dy * cr
-        inside = (xr / ax[..., None, None]) ** 2 + (yr / ay[..., None, None]) ** 2 <= 1.0
-        out[start : start + b] = np.clip((inside * val[..., None, None]).sum(axis=1), 0.0, 1.0)
+        inside = (xr / p[:, 2]) ** 2 + (yr / p[:, 3]) ** 2 <= 1.0
+        out[start : start + chunk] = np.clip((inside * (p[:, 5] * p[:, 6])).sum(axis=1), 0.0, 1.0)
     return out
 
 
@@ -200,11 +206,15 @@ def measure(
 ) -> Tensor:
     """d = A u + σ ε with σ_b = noise · mean_r |(A u_b)_r|, per sample: (B, 1, N, N) -> (B, 1, K, D).
 
-    Computed in the images' dtype; ε ~ N(0, I) drawn from ``generator`` (on the CPU).
+    Computed in the images' dtype; ε ~ N(0, I) drawn from ``generator`` (on the CPU), sample by sample.
     """
     clean = radon.forward(images)  # (B, 1, K, D)
     sigma = noise * clean.abs().flatten(1).mean(1)  # (B,)
-    eps = torch.randn(clean.shape, dtype=clean.dtype, generator=generator).to(clean.device)
+    # sample by sample, so that a sample's noise does not depend on the batch it is drawn in
+    eps = torch.stack(
+        [torch.randn(clean.shape[1:], dtype=clean.dtype, generator=generator) for _ in range(len(clean))]
+    )
+    eps = eps.to(clean.device)
     return clean + sigma.view(-1, 1, 1, 1) * eps
 
 
@@ -371,11 +381,12 @@ def load_ct_pairs(
     images, sinos = _read_arrays(path, (images_key, sinograms_key))
 
     def shaped(a: np.ndarray, tail: tuple[int, int], what: str) -> np.ndarray:
+        given = a.shape
         if a.ndim == 3:
             a = a[:, None]
         if a.ndim != 4 or a.shape[1] != 1 or tuple(a.shape[2:]) != tail:
             raise ValueError(
-                f"{path}: {what} have shape {a.shape}; this geometry needs (n, {tail[0]}, {tail[1]}) "
+                f"{path}: {what} have shape {given}; this geometry needs (n, {tail[0]}, {tail[1]}) "
                 f"or (n, 1, {tail[0]}, {tail[1]})"
             )
         if not np.issubdtype(a.dtype, np.number):
