@@ -54,7 +54,7 @@ class TVReconstructor(nn.Module):
     ``self.last_result`` keeps the last :class:`~fpnets.operators.tv.TVResult` (with its duality gap).
     """
 
-    def __init__(self, geometry: ParallelBeamGeometry, lam: float = 0.01, iterations: int = 300) -> None:
+    def __init__(self, geometry: ParallelBeamGeometry, lam: float = 1e-3, iterations: int = 300) -> None:
         super().__init__()
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
             raise ValueError(f"TVReconstructor: lam (λ) must be a finite number >= 0, got {lam!r}")
@@ -74,7 +74,7 @@ class TVReconstructor(nn.Module):
         self,
         sinograms: Tensor,
         images: Tensor,
-        lambdas: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+        lambdas: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
         score: Callable[[Tensor, Tensor], Tensor] = psnr,
     ) -> dict[float, float]:
         """Set ``self.lam`` to the candidate with the best mean ``score`` (PSNR by default, higher is
