@@ -386,3 +386,15 @@ def test_build_ct_model_kinds() -> None:
     u, v = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
     assert float(reconstruction_loss(u, v)) == pytest.approx(float(mse(u, v).mean()), rel=1e-6)
     assert math.isfinite(float(psnr(u, v).mean()))
+
+
+def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "ct.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.DOTALL)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, str(doc), "exec"), {"__name__": "__doc_example__"})
+    out = capsys.readouterr().out
+    assert "converged" in out and "psnr" in out
