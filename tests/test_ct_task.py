@@ -398,3 +398,24 @@ def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
         exec(compile(code, str(doc), "exec"), {"__name__": "__doc_example__"})
     out = capsys.readouterr().out
     assert "converged" in out and "psnr" in out
+
+
+def test_reconstruction_figure_is_written(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from fpnets.tasks.ct.figures import reconstruction_figure
+
+    d, u = sinograms(2, torch.float32)
+    path = reconstruction_figure(u, {"fbp": FBPReconstructor(GEOM)(d)}, tmp_path / "fig" / "recon.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="has shape"):
+        reconstruction_figure(u, {"bad": u[:, :, :4]}, tmp_path / "x.png")
+
+
+def test_every_model_has_the_step_hook() -> None:
+    for kind in ("ffpn-contractive", "unrolled", "tvs", "tv", "fbp"):
+        model = build_ct_model(
+            kind, GEOM, **({"channels": 2} if "ffpn" in kind or kind == "unrolled" else {})
+        )
+        assert model.after_optimizer_step() is None
+    with pytest.raises(ValueError, match="lipschitz='reference' needs"):
+        FFPN(GEOM, regulariser=torch.nn.Identity(), lipschitz="reference")

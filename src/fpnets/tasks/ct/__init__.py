@@ -7,7 +7,8 @@ Pieces for a Task wrapper (see docs/ct.md):
 - models: :func:`build_ct_model` (``"ffpn"``, ``"ffpn-contractive"``, ``"unrolled"``, ``"tvs"``,
   ``"tv"``, ``"fbp"``), every one called as ``model(d) -> u``;
 - loss: :func:`reconstruction_loss` (MSE);
-- metrics: :data:`METRICS` (name -> per-sample function) with :data:`METRIC_DIRECTIONS`.
+- metrics: :data:`METRICS` (name -> per-sample function) with :data:`METRIC_DIRECTIONS`;
+- figures: :func:`fpnets.tasks.ct.figures.reconstruction_figure` (matplotlib, imported lazily).
 """
 
 from __future__ import annotations

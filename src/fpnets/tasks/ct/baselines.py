@@ -8,7 +8,8 @@
   β_k = α η^k and two learnable scalars, α = softplus(a) > 0 and η = sigmoid(b) ∈ (0, 1).
 The unrolled network baseline is :class:`fpnets.tasks.ct.models.UnrolledFFPN`.
 
-Every model has ``solution = None`` (no fixed point is solved), like the explicit variants elsewhere.
+Every model has ``solution = None`` (no fixed point is solved), like the explicit variants elsewhere,
+and a no-op ``after_optimizer_step()``, so that a training loop can treat all CT models alike.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from .models import INITS, check_sinograms
 __all__ = ["FBPReconstructor", "TVReconstructor", "TVSuperiorization"]
 
 
-class FBPReconstructor(nn.Module):
+class _Baseline(nn.Module):
+    solution: Solution | None = None
+
+    def after_optimizer_step(self) -> float | None:
+        """Per-step hook of the CT models; nothing to do for a baseline. Returns None."""
+        return None
+
+
+class FBPReconstructor(_Baseline):
     """u = Π_[0,1](FBP(d)) (``clip=False`` leaves it unclipped); ``filter`` "ramp" or "hann"."""
 
     def __init__(self, geometry: ParallelBeamGeometry, filter: str = "hann", clip: bool = True) -> None:
@@ -48,7 +57,7 @@ class FBPReconstructor(nn.Module):
         return u.clamp(0.0, 1.0) if self.clip else u
 
 
-class TVReconstructor(nn.Module):
+class TVReconstructor(_Baseline):
     """u = argmin_{u ∈ [0,1]} ½‖Au − d‖² + λ TV(u) (Chambolle–Pock, :func:`fpnets.operators.tv.tv_reconstruct`).
 
     ``self.last_result`` keeps the last :class:`~fpnets.operators.tv.TVResult` (with its duality gap).
@@ -90,7 +99,7 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class TVSuperiorization(nn.Module):
+class TVSuperiorization(_Baseline):
     """TV superiorisation with two learnable scalars (module docstring).
 
     u₀ = Π_[0,1](FBP d) or 0; for k = 0 … K − 1: g = ∇TV_ε(u_k), u_{k+1} = P_d(u_k − β_k g/‖g‖), with

@@ -233,6 +233,10 @@ class _CTReconstructor(nn.Module):
             return None
         return float(bound) * self.projection.lipschitz_bound
 
+    def after_optimizer_step(self) -> float | None:
+        """Per-step hook; nothing to do here (:class:`FFPN` applies the reference rule). Returns None."""
+        return None
+
     def initial(self, d: Tensor) -> Tensor:
         """u₀: FBP clipped to [0, 1], or zeros. (B, 1, K, D) -> (B, 1, N, N)."""
         if self.init == "zeros":
@@ -305,8 +309,13 @@ class FFPN(_CTReconstructor):
             lipschitz = "reference" if isinstance(self.regulariser, DifferenceRegulariser) else "none"
         if lipschitz not in ("reference", "none"):
             raise ValueError(f"unknown lipschitz mode {lipschitz!r}; valid modes: reference, none")
-        if lipschitz == "reference" and not hasattr(self.regulariser, "rescalable_parameters"):
-            raise ValueError("lipschitz='reference' needs a regulariser with rescalable_parameters()")
+        if lipschitz == "reference" and not (
+            hasattr(self.regulariser, "rescalable_parameters") and hasattr(self.regulariser, "num_blocks")
+        ):
+            raise ValueError(
+                "lipschitz='reference' needs a regulariser with rescalable_parameters() and num_blocks "
+                "(DifferenceRegulariser has both); pass lipschitz='none' otherwise"
+            )
         self.lipschitz = lipschitz
         self.warn = warn
         self.solution: Solution | None = None
