@@ -161,7 +161,10 @@ def test_manifest_lookup(tmp_path: Path) -> None:
     model, opt = _model_and_optimizer()
     ckdir = tmp_path / "checkpoints"
     _save(ckdir, model, opt, 1)
-    assert ck.manifest_path(tmp_path) == ckdir / "last.json"  # no best yet: falls back to last
+    with pytest.raises(
+        CheckpointError, match=r"has a last.json but no best.json: the best checkpoint is missing"
+    ):
+        ck.manifest_path(tmp_path)  # never the last weights in the best's place
     _save(ckdir, model, opt, 2, tags=("last", "best"))
     assert ck.manifest_path(tmp_path) == ckdir / "best.json"
     assert ck.manifest_path(ckdir, "last") == ckdir / "last.json"

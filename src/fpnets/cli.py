@@ -67,6 +67,11 @@ def _resolve_train(args: argparse.Namespace) -> tuple[Any, Path | None]:
         return load_config(args.config, sets), None
     if isinstance(args.resume, str):
         run = Path(args.resume)
+        if args.run_dir is not None and Path(args.run_dir).resolve() != run.resolve():
+            raise ValueError(
+                f"--resume {args.resume} and --run-dir {args.run_dir} name different runs; "
+                "give the run to resume once (--resume RUN)"
+            )
     elif args.run_dir is not None:
         run = Path(args.run_dir)
     else:
@@ -259,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, PermissionError]
+    try:
+        from .train import WriteError
+
+        errors.append(WriteError)
+    except ImportError:  # pragma: no cover
+        pass
     try:
         from .data import DataError
 

@@ -16,7 +16,7 @@ TensorBoard events, and ``checkpoints/`` (safetensors + JSON manifests ``last.js
 to the same final weights. Under ``torchrun`` the loop runs data-parallel.
 """
 
-from ._checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from ._checkpoint import Checkpoint, CheckpointError, WriteError, load_checkpoint, save_checkpoint
 from ._config import (
     TRAINER_SECTIONS,
     BackwardConfig,
@@ -36,7 +36,7 @@ from ._config import (
 from ._engine import ConfigError, dumps_toml, parse_override, read_toml
 from ._loop import Meter, TrainResult, evaluate, evaluate_checkpoint, is_better, train
 from ._outputs import columns, read_metrics_csv, write_plots
-from ._state import RESUMABLE_CHANGES, latest_run, new_run_dir
+from ._state import RESUMABLE_CHANGES, RunLock, latest_run, new_run_dir
 from ._step import StepResult, train_step
 
 __all__ = [
@@ -50,10 +50,12 @@ __all__ = [
     "Meter",
     "OptimConfig",
     "RunConfig",
+    "RunLock",
     "SolverConfig",
     "StepResult",
     "TrainConfig",
     "TrainResult",
+    "WriteError",
     "bundled_dir",
     "bundled_names",
     "columns",

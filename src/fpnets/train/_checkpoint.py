@@ -38,6 +38,13 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, corrupted or of another format."""
 
 
+class WriteError(OSError):
+    """A run file that could not be written (disk full, read-only file system, no permission).
+
+    What was written before stays consistent: the run can be resumed once the cause is fixed.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # atomic file writing
 
@@ -73,15 +80,37 @@ def _publish(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def _write_error(final: Path, exc: OSError) -> WriteError:
+    err = WriteError(
+        exc.errno,
+        f"cannot write {str(final)!r}: {exc.strerror or exc}; the files written before are intact, "
+        "so the run can be resumed (fpnets train --resume RUN) once this is fixed",
+    )
+    err.filename = str(final)
+    return err
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temp file in the same directory and a rename."""
+    """Write ``data`` to ``path`` via a synced temp file in the same directory and a rename.
+
+    An OSError (no space, read-only file system, permissions) becomes a :class:`WriteError`
+    naming the file; ``path`` keeps its previous content.
+    """
     final = Path(path)
-    tmp = _temp_path(final)
+    tmp: Path | None = None
     try:
+        tmp = _temp_path(final)
         tmp.write_bytes(data)
         _publish(tmp, final)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, WriteError):
+            raise
+        raise _write_error(final, exc) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -89,19 +118,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_file(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """``safetensors.torch.save_file`` (imported on first use: safetensors is an optional extra)."""
+    from safetensors.torch import save_file as _save
+
+    _save(tensors, path)
+
+
 def atomic_save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
     """``safetensors.torch.save_file`` made atomic (temp file, fsync, rename)."""
     final = Path(path)
-    tmp = _temp_path(final)
+    tmp: Path | None = None
     try:
+        tmp = _temp_path(final)
         mode = tmp.stat().st_mode & 0o777  # what the umask allows; save_file would leave 0600
-        from safetensors.torch import save_file
-
         save_file(dict(tensors), str(tmp))
         os.chmod(tmp, mode)
         _publish(tmp, final)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise _write_error(final, exc) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -270,6 +310,20 @@ def save_checkpoint(
     return directory / f"{tags[0]}.json"
 
 
+def repoint_manifest(source: Path, tag: str) -> None:
+    """Make manifest ``tag`` in ``source``'s directory name the same checkpoint as ``source``
+    (atomically; nothing is written when it already does)."""
+    text = Path(source).read_text("utf-8")
+    target = Path(source).parent / f"{tag}.json"
+    try:
+        if target.read_text("utf-8") == text:
+            return
+    except OSError:
+        pass
+    atomic_write_text(target, text)
+    _collect_garbage(target.parent)
+
+
 def _referenced(directory: Path) -> set[str]:
     names: set[str] = set()
     for tag in MANIFESTS:
@@ -304,10 +358,13 @@ def manifest_path(path: str | Path, tag: str = "best") -> Path:
         if (path / "checkpoints").is_dir():
             path = path / "checkpoints"
         candidate = path / f"{tag}.json"
-        if not candidate.is_file() and tag == "best" and (path / "last.json").is_file():
-            candidate = path / "last.json"
         if not candidate.is_file():
-            raise CheckpointError(f"no checkpoint in {str(path)!r} (expected {tag}.json or last.json)")
+            if tag == "best" and (path / "last.json").is_file():
+                raise CheckpointError(
+                    f"{str(path)!r} has a last.json but no best.json: the best checkpoint is missing "
+                    "(give checkpoints/last.json to use the last weights instead)"
+                )
+            raise CheckpointError(f"no checkpoint in {str(path)!r} (expected {tag}.json)")
         return candidate
     if path.suffix == ".json":
         if not path.is_file():
@@ -334,6 +391,19 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an fpnets checkpoint (format {FORMAT})")
+    for key, kind in (("epoch", int), ("step", int), ("files", dict)):
+        value = manifest.get(key)
+        if value is None:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has no {key!r} entry (hand-edited or truncated?)"
+            )
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: {key!r} must be {'an integer' if kind is int else 'a table'}, "
+                f"got {json.dumps(value)[:60]}"
+            )
+    if manifest["epoch"] < 0 or manifest["step"] < 0:
+        raise CheckpointError(f"checkpoint {str(path)!r}: negative epoch or step")
     return manifest
 
 
@@ -360,12 +430,22 @@ def load_checkpoint(path: str | Path, tag: str = "best", *, verify: bool = True)
             loaded[role] = load_file(str(fpath), device="cpu")
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"cannot read checkpoint file {str(fpath)!r}: {exc}") from None
+    bad = [
+        k for k, v in loaded["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {str(mpath)!r} holds NaN or Inf weights ({', '.join(bad[:3])}"
+            + (", ..." if len(bad) > 3 else "")
+            + "): the run diverged before it was saved, or the file was altered"
+        )
     return Checkpoint(model=loaded["model"], tensors=loaded["state"], meta=meta, path=mpath)
 
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "WriteError",
     "atomic_save_tensors",
     "atomic_write_bytes",
     "atomic_write_text",

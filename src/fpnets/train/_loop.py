@@ -26,6 +26,7 @@ from ._checkpoint import (
     atomic_write_text,
     join_optimizer_state,
     load_checkpoint,
+    repoint_manifest,
     require_safetensors,
     rng_state,
     save_checkpoint,
@@ -36,7 +37,7 @@ from ._config import Config, config_from_dict
 from ._engine import ConfigError
 from ._outputs import TensorBoard, columns, write_metrics_csv, write_plots
 from ._runtime import DTYPES, Runtime, process_settings, resolve_device, seed_all, setup_runtime
-from ._state import check_resumable, new_run_dir
+from ._state import RunLock, check_resumable, new_run_dir
 from ._step import train_step
 
 log = logging.getLogger("fpnets.train")
@@ -317,11 +318,15 @@ class _Trainer:
 
     def _restore(self, ckpt: Checkpoint) -> None:
         meta = ckpt.meta
+        if not isinstance(meta.get("optimizer"), Mapping):
+            raise CheckpointError(
+                f"checkpoint {str(ckpt.path)!r} holds no optimizer state; it cannot be resumed"
+            )
         try:
             self.net.load_state_dict(ckpt.model)
-            self.optimizer.load_state_dict(
-                join_optimizer_state(ckpt.tensors, meta["optimizer"], self.optimizer.state_dict())
-            )
+            state = join_optimizer_state(ckpt.tensors, meta["optimizer"], self.optimizer.state_dict())
+            _check_optimizer_state(state, self.optimizer)
+            self.optimizer.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(
                 f"checkpoint {str(ckpt.path)!r} does not fit the model or optimizer its config builds: "
@@ -353,6 +358,8 @@ class _Trainer:
         assert self.best is not None
         best_epoch = int(self.best["epoch"])
         if best_epoch == int(ckpt.meta["epoch"]) and self.start_batch == 0:
+            if self.rt.is_main:  # a crash between writing last and best left best behind: re-point it
+                repoint_manifest(ckpt.path, "best")
             return {k: v.clone() for k, v in ckpt.model.items()}
         try:
             best = load_checkpoint(ckpt.path.parent, "best")
@@ -408,14 +415,14 @@ class _Trainer:
                 "world_size": self.rt.world_size,
                 "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),
             }
-            # best before last: a ``last`` that names epoch e as the best exists only once
-            # ``best`` holds epoch e (a crash in between resumes from the previous ``last``)
+            # last, then best: a crash between the two leaves a ``last`` that names its own epoch
+            # as the best and a stale ``best``, which the resume re-points (see _best_weights)
             save_checkpoint(
                 self.run_dir / "checkpoints",
                 model=self.net.state_dict(),
                 tensors={**opt_tensors, **rng_tensors},
                 meta=meta,
-                tags=("best", "last") if is_best else ("last",),
+                tags=("last", "best") if is_best else ("last",),
             )
         self.rt.barrier()
 
@@ -575,12 +582,24 @@ class _Trainer:
             self.on_epoch_end({**record, "best": is_best, "rank": rt.rank, "epochs": cfg.train.epochs})
 
     def fit(self) -> TrainResult:
+        self.lock = RunLock(Path(self.resume)) if self.resume is not None and self.rt.is_main else None
+        if self.lock is not None:  # before reading the checkpoint another writer may be changing
+            self.lock.acquire()
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self) -> TrainResult:
         cfg, rt = self.cfg, self.rt
         ckpt = self._load_resume_checkpoint()
         if self.splits is None:
             self.splits = self.task.load_splits(self.data_dir)
         self._build(ckpt)  # before the run directory exists: a data or model error leaves nothing behind
         self.run_dir = self._prepare_run_dir()
+        if self.lock is None and rt.is_main:
+            self.lock = RunLock(self.run_dir).acquire()
         if self.resume is not None:
             log.info("resuming %s from epoch %d (step %d)", self.run_dir, self.start_epoch, self.step)
         else:
@@ -659,6 +678,21 @@ class _Trainer:
             stopped_early=self.stopped_early,
             model=self.net,
         )
+
+
+def _check_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError when saved per-parameter state does not match the parameters' shapes
+    (``load_state_dict`` would accept it and the next step would fail)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for pid, entry in state["state"].items():
+        if not 0 <= int(pid) < len(params):
+            raise ValueError(f"optimizer state for parameter {pid}, but the model has {len(params)}")
+        for key, value in entry.items():
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape != params[int(pid)].shape:
+                raise ValueError(
+                    f"optimizer state {key!r} of parameter {pid} has shape {tuple(value.shape)}, "
+                    f"the parameter {tuple(params[int(pid)].shape)}"
+                )
 
 
 def _finite(value: Any) -> Any:

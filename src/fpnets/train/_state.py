@@ -89,3 +89,47 @@ def check_resumable(stored: Any, config: Config, where: Path) -> None:
             f"only {', '.join(RESUMABLE_CHANGES)} may change "
             f"(`fpnets train --resume {where}` without CONFIG reuses the run's own config)"
         )
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process trains in it (``<run>/.lock``).
+
+    The lock is an advisory ``flock`` on the file: it disappears with the process that holds it,
+    even after ``kill -9``, so a stale lock file never blocks a resume. Where ``fcntl`` does not
+    exist (Windows) runs are not locked.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        import os
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise ConfigError(
+                f"{str(self.path.parent)!r} is in use: another process (pid {holder}) is training in it; "
+                "wait for it to end or stop it before resuming this run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import os
+
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
