@@ -29,7 +29,7 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ClassificationModel.choices["variant"]
-PAPER_CONFIGS = ("digits", "mnist", "fashion-mnist", "svhn", "cifar10", "cifar10-unaugmented")
+PAPER_CONFIGS = ("digits", "mnist", "fashion-mnist", "svhn", "cifar10", "cifar10-unaugmented", "games")
 
 
 def test_bundled_configs_are_the_repo_configs() -> None:

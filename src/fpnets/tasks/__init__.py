@@ -36,6 +36,7 @@ from ._base import DataConfig, Metric, ModelConfig, Splits, Task, TaskConfig, Te
 
 TASKS: dict[str, str | type[Task]] = {
     "classification": "fpnets.tasks.classification:ClassificationTask",
+    "games": "fpnets.tasks.games.task:GamesTask",
 }
 """Tasks by name: a :class:`Task` subclass, or ``"module:Class"`` imported on first use."""
 
