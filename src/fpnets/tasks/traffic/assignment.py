@@ -214,6 +214,54 @@ def _dijkstra_round(network: Network, paths: PathSet, t: np.ndarray, add: bool) 
     return kappa, added
 
 
+def _line_search(
+    vl: np.ndarray,
+    dv: np.ndarray,
+    ic: np.ndarray,
+    t0l: np.ndarray,
+    t0bl: np.ndarray,
+    power: np.ndarray,
+    quartic: bool,
+    steps: int = 12,
+) -> np.ndarray:
+    """(C,) λ ∈ (0, 1] minimising Beckmann's potential along v + λ Δv (safeguarded Newton on
+    φ′(λ) = Σ t(v + λΔv)·Δv); λ = 1 where the full step does not pass the minimum.
+
+    The projected Newton step uses t′ at the current flows; with steep costs (p = 4 and low
+    capacities) it can overshoot badly, and the full step then oscillates without converging.
+    """
+
+    def slope(lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = np.maximum(vl + lam[:, None] * dv, 0.0) * ic
+        if quartic:
+            r3 = r * r * r
+            t, dt = t0bl * (r3 * r), (4.0 * t0bl) * r3 * ic
+        else:
+            t = t0bl * r**power
+            dt = t0bl * power * r ** np.maximum(power - 1.0, 0.0) * ic
+        return ((t0l + t) * dv).sum(1), (dt * dv * dv).sum(1)
+
+    ones = np.ones(vl.shape[0])
+    g, _ = slope(ones)
+    need = g > 0
+    if not need.any():
+        return ones
+    idx = np.nonzero(need)[0]
+    vl, dv, ic = vl[idx], dv[idx], ic[idx]
+    lo, hi = np.zeros(len(idx)), np.ones(len(idx))
+    lam = np.full(len(idx), 0.5)
+    for _ in range(steps):
+        g, h = slope(lam)
+        pos = g > 0
+        hi = np.where(pos, lam, hi)
+        lo = np.where(pos, lo, lam)
+        newton = lam - np.divide(g, h, out=np.full_like(g, np.nan), where=h > 0)
+        inside = (newton > lo) & (newton < hi)
+        lam = np.where(inside, newton, 0.5 * (lo + hi))
+    ones[idx] = lam
+    return ones
+
+
 def _sweep(costs: LinkCosts, paths: PathSet, h: np.ndarray, v: np.ndarray, repeat: int = 1) -> None:
     """One Gauss–Seidel sweep of projected Newton steps over the OD pairs, in place on h (C, P), v (C, E).
 
@@ -251,8 +299,10 @@ def _sweep(costs: LinkCosts, paths: PathSet, h: np.ndarray, v: np.ndarray, repea
             dh = -np.minimum(hp, step)  # (C, P_w) ≤ 0; 0 on p̂ (delta = 0)
             dh[rows, j] = 0.0
             dh[rows, j] = -dh.sum(1)
-            hp += dh
-            vl += dh @ a
+            dv = dh @ a  # (C, L)
+            lam = _line_search(vl, dv, ic, t0l, t0bl, costs.power[lw], quartic)  # (C,)
+            hp += lam[:, None] * dh
+            vl += lam[:, None] * dv
         h[:, pids] = hp
         v[:, lw] = vl
 
