@@ -9,7 +9,6 @@ Building blocks live in :mod:`fpnets.layers`; names for config files in :mod:`fp
 from ._fixed_point import FixedPointLayer, couples_samples, fixed_point
 from ._regularize import jacobian_penalty
 from ._solution import ConvergenceError, ConvergenceWarning, NonFiniteError, Solution, Status
-from ._solve import solve
 from .backward import IFT, JFB, Backward, CGNormal, Neumann, Unrolled
 from .registry import make_backward, make_solver
 from .solvers import Anderson, Picard, Solver
@@ -37,5 +36,4 @@ __all__ = [
     "jacobian_penalty",
     "make_backward",
     "make_solver",
-    "solve",
 ]

@@ -1,4 +1,4 @@
-"""Forward solvers: small configuration objects run by the one loop, :func:`fpnets.solve`."""
+"""Forward solvers: small configuration objects run by the one loop, ``fpnets._solve.solve`` (private)."""
 
 from ._anderson import Anderson
 from ._base import Solver, State

@@ -28,7 +28,7 @@ def _check_nonneg(name: str, value: object, cls: str) -> None:
 
 @dataclass(frozen=True)
 class Solver:
-    """Base of the fixed-point solvers (configuration only; the one loop is :func:`fpnets.solve`).
+    """Base of the fixed-point solvers (configuration only; the one loop is ``fpnets._solve.solve`` (private)).
 
     Attributes:
         tol: ε, the tolerance on the per-sample residual ‖T(u) − u‖ (see ``relative``).
