@@ -14,12 +14,12 @@ operator (solved by :class:`fpnets.FixedPointLayer`), S the readout. One file pe
 from .base import (
     LIPSCHITZ_MODES,
     VARIANTS,
+    ArchConfig,
     ConvReadout,
     FixedPointNetwork,
     InnerBlock,
     LatentBlock,
     LatentOperator,
-    ModelConfig,
     OuterBlock,
 )
 from .build import ARCH_TABLE, ARCHS, build_model, valid_options
@@ -40,6 +40,7 @@ __all__ = [
     "KEY_RULES",
     "LIPSCHITZ_MODES",
     "VARIANTS",
+    "ArchConfig",
     "CIFAR10Config",
     "CIFAR10UnaugmentedConfig",
     "ConvReadout",
@@ -49,7 +50,6 @@ __all__ = [
     "LatentBlock",
     "LatentOperator",
     "MNISTConfig",
-    "ModelConfig",
     "OuterBlock",
     "SVHNConfig",
     "build_model",

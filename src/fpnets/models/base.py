@@ -1,6 +1,6 @@
 """What every model family shares: N(d) = S(u*), u* = T(u*; d) = R(u*, Q(d)).
 
-- :class:`ModelConfig`: the options of a family (each family file subclasses it with its defaults).
+- :class:`ArchConfig`: the options of a family (each family file subclasses it with its defaults).
 - :class:`LatentOperator`: R(u, x), the latent map whose fixed point is solved for, in the two
   forms of the paper (MNIST/SVHN, :class:`InnerBlock`: z₀ = u + x, z ← BN(z + σ(σ(conv σ(conv z)))),
   R = γ z_L; CIFAR-10, :class:`OuterBlock`: z₀ = x + γu, z ← BN(σ(z + conv σ(conv z))), R = z_L),
@@ -43,7 +43,7 @@ LIPSCHITZ_MODES = ("reference", "none")
 """Values of the ``lipschitz`` option."""
 
 RUNTIME_OPTIONS = ("solver", "backward", "lipschitz", "lipschitz_every", "warn", "compile")
-"""Options of :func:`build_model` that are not :class:`ModelConfig` fields."""
+"""Options of :func:`build_model` that are not :class:`ArchConfig` fields."""
 
 
 def _is_int(value: object) -> bool:
@@ -55,7 +55,7 @@ def _is_number(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ArchConfig:
     """Options shared by every family; a family file subclasses this with its own defaults.
 
     Attributes:
@@ -229,7 +229,7 @@ class LatentOperator(nn.Module):
 
 
 def latent_operator(
-    cfg: ModelConfig,
+    cfg: ArchConfig,
     channels: int,
     variant: str,
     block: type[LatentBlock] = InnerBlock,
@@ -296,14 +296,14 @@ class Parts(NamedTuple):
 # Solver and backward from options
 
 
-def default_solver_settings(cfg: ModelConfig, variant: str) -> tuple[float, int]:
+def default_solver_settings(cfg: ArchConfig, variant: str) -> tuple[float, int]:
     """(tol, max_iter) of the forward solve for ``variant``."""
     if variant == "jacobian":
         return cfg.jacobian_tol, cfg.jacobian_max_iter
     return cfg.tol, cfg.max_iter
 
 
-def make_model_solver(spec: Any, cfg: ModelConfig, variant: str) -> Solver:
+def make_model_solver(spec: Any, cfg: ArchConfig, variant: str) -> Solver:
     """The forward solver from the ``solver`` option, by :func:`fpnets.registry.solver_from_spec`.
 
     None: Picard with the family's tolerance and cap, measuring residuals with
@@ -318,7 +318,7 @@ def make_model_solver(spec: Any, cfg: ModelConfig, variant: str) -> Solver:
     return solver_from_spec(spec, {"name": "picard", "tol": tol, "max_iter": max_iter, "norm": "max_channel"})
 
 
-def make_model_backward(spec: Any, cfg: ModelConfig, variant: str) -> Backward:
+def make_model_backward(spec: Any, cfg: ArchConfig, variant: str) -> Backward:
     """The backward mode from the ``backward`` option.
 
     None: :class:`fpnets.JFB`, except for the "jacobian" variant: ``IFT(CGNormal(tol=jacobian_tol,
@@ -358,7 +358,7 @@ class FixedPointNetwork(nn.Module):
         *,
         arch: str,
         variant: str,
-        config: ModelConfig,
+        config: ArchConfig,
         input_shape: tuple[int, int, int],
         solver: Solver,
         backward: Backward,

@@ -11,8 +11,8 @@ from .base import (
     LIPSCHITZ_MODES,
     RUNTIME_OPTIONS,
     VARIANTS,
+    ArchConfig,
     FixedPointNetwork,
-    ModelConfig,
     Parts,
     make_model_backward,
     make_model_solver,
@@ -23,7 +23,7 @@ from .base import (
 class Arch:
     """An architecture: its config class and its builder."""
 
-    config: type[ModelConfig]
+    config: type[ArchConfig]
     build_parts: Callable[[Any, str], Parts]
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ConvReadout, ModelConfig, OuterBlock, Parts, latent_operator
+from .base import ArchConfig, ConvReadout, OuterBlock, Parts, latent_operator
 
 IMAGE_SIZE = 32
 CHANNELS = 35
@@ -26,7 +26,7 @@ PAD_VALUE = 0.449
 
 
 @dataclass(frozen=True)
-class CIFAR10Config(ModelConfig):
+class CIFAR10Config(ArchConfig):
     in_channels: int = 3
     num_classes: int = 10
     gamma: float = 0.5

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ConvReadout, ModelConfig, Parts, latent_operator
+from .base import ArchConfig, ConvReadout, Parts, latent_operator
 
 IMAGE_SIZE = 8
 LATENT_CHANNELS = 16
@@ -25,7 +25,7 @@ READOUT_CHANNELS = 8
 
 
 @dataclass(frozen=True)
-class DigitsConfig(ModelConfig):
+class DigitsConfig(ArchConfig):
     in_channels: int = 1
     num_classes: int = 10
     gamma: float = 0.5

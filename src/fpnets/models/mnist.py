@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ConvReadout, ModelConfig, Parts, latent_operator
+from .base import ArchConfig, ConvReadout, Parts, latent_operator
 
 IMAGE_SIZE = 28
 LATENT_CHANNELS = 32
@@ -26,7 +26,7 @@ LATENT_SIZE = 9
 
 
 @dataclass(frozen=True)
-class MNISTConfig(ModelConfig):
+class MNISTConfig(ArchConfig):
     in_channels: int = 1
     num_classes: int = 10
     gamma: float = 0.5

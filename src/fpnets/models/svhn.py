@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ConvReadout, ModelConfig, Parts, latent_operator
+from .base import ArchConfig, ConvReadout, Parts, latent_operator
 
 IMAGE_SIZE = 32
 LATENT_CHANNELS = 64
@@ -28,7 +28,7 @@ LATENT_SIZE = 8
 
 
 @dataclass(frozen=True)
-class SVHNConfig(ModelConfig):
+class SVHNConfig(ArchConfig):
     in_channels: int = 3
     num_classes: int = 10
     gamma: float = 0.9
