@@ -37,6 +37,7 @@ from ._base import DataConfig, Metric, ModelConfig, Splits, Task, TaskConfig, Te
 TASKS: dict[str, str | type[Task]] = {
     "classification": "fpnets.tasks.classification:ClassificationTask",
     "games": "fpnets.tasks.games.task:GamesTask",
+    "ct": "fpnets.tasks.ct.task:CTTask",
 }
 """Tasks by name: a :class:`Task` subclass, or ``"module:Class"`` imported on first use."""
 
