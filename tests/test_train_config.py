@@ -29,7 +29,10 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ClassificationModel.choices["variant"]
-PAPER_CONFIGS = ("digits", "mnist", "fashion-mnist", "svhn", "cifar10", "cifar10-unaugmented", "games")
+PAPER_CONFIGS = (
+    "digits", "mnist", "fashion-mnist", "svhn", "cifar10", "cifar10-unaugmented", "games", "ct-ellipses",
+    "ct-ellipses-128",
+)  # fmt: skip
 
 
 def test_bundled_configs_are_the_repo_configs() -> None:
