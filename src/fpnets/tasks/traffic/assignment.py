@@ -222,10 +222,12 @@ def _line_search(
     t0bl: np.ndarray,
     power: np.ndarray,
     quartic: bool,
-    steps: int = 12,
+    g_start: np.ndarray,
+    steps: int = 8,
 ) -> np.ndarray:
-    """(C,) λ ∈ (0, 1] minimising Beckmann's potential along v + λ Δv (safeguarded Newton on
-    φ′(λ) = Σ t(v + λΔv)·Δv); λ = 1 where the full step does not pass the minimum.
+    """(C,) step λ ∈ (0, 1] along v + λ Δv: 1 unless the full step passes the minimum of Beckmann's
+    potential φ by more than it started below it (φ′(1) > −φ′(0), with φ′(λ) = Σ t(v + λΔv)·Δv and
+    g_start = φ′(0) < 0), else the minimiser (safeguarded Newton on φ′).
 
     The projected Newton step uses t′ at the current flows; with steep costs (p = 4 and low
     capacities) it can overshoot badly, and the full step then oscillates without converging.
@@ -243,7 +245,8 @@ def _line_search(
 
     ones = np.ones(vl.shape[0])
     g, _ = slope(ones)
-    need = g > 0
+    # accept the full step unless it overshoots the minimum by more than it started below it
+    need = g > -g_start
     if not need.any():
         return ones
     idx = np.nonzero(need)[0]
@@ -300,7 +303,8 @@ def _sweep(costs: LinkCosts, paths: PathSet, h: np.ndarray, v: np.ndarray, repea
             dh[rows, j] = 0.0
             dh[rows, j] = -dh.sum(1)
             dv = dh @ a  # (C, L)
-            lam = _line_search(vl, dv, ic, t0l, t0bl, costs.power[lw], quartic)  # (C,)
+            g_start = (tl * dv).sum(1)  # φ′(0) ≤ 0
+            lam = _line_search(vl, dv, ic, t0l, t0bl, costs.power[lw], quartic, g_start)  # (C,)
             hp += lam[:, None] * dh
             vl += lam[:, None] * dv
         h[:, pids] = hp
