@@ -478,7 +478,9 @@ class CTTask(Task):
         if kind == "tv":
             iterations = m.iterations if own else None
             if own and m.lam is not None:
-                return TVReconstructor(geom, m.lam, **({} if iterations is None else {"iterations": iterations}))
+                return TVReconstructor(
+                    geom, m.lam, **({} if iterations is None else {"iterations": iterations})
+                )
             return select_tv(geom, val, samples=m.select_samples, lambdas=m.lambdas, iterations=iterations)[0]
         raise ValueError(f"unknown baseline {kind!r}; valid baselines: {', '.join(BASELINES)}")
 
@@ -569,7 +571,13 @@ class CTTask(Task):
         u0 = model.initial(d)
         if isinstance(model, FFPN):
             sol = fixed_point(
-                model.operator, u0, d, solver=model.solver, backward=model.backward_mode, warn=False, trace=True
+                model.operator,
+                u0,
+                d,
+                solver=model.solver,
+                backward=model.backward_mode,
+                warn=False,
+                trace=True,
             )
             residuals = sol.trace.to("cpu", torch.float64)  # (K, B)
             tol = getattr(model.solver, "tol", None)
@@ -590,7 +598,9 @@ class CTTask(Task):
         ax = fig.subplots()
         r = residuals.clamp_min(1e-12).numpy()
         ax.semilogy(k, r, color="C0", alpha=0.15, lw=0.8)
-        ax.semilogy(k, residuals.median(dim=1).values.clamp_min(1e-12).numpy(), color="C3", lw=2, label="median")
+        ax.semilogy(
+            k, residuals.median(dim=1).values.clamp_min(1e-12).numpy(), color="C3", lw=2, label="median"
+        )
         if tol:
             ax.axhline(tol, color="k", ls="--", lw=0.8, label=f"tolerance {tol:g}")
         if marker is not None:
