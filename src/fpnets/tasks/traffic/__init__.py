@@ -14,7 +14,14 @@ in Convex Games" (arXiv 2106.00906). Modules:
 - :mod:`.plots`: figures (matplotlib, imported lazily).
 """
 
-from .assignment import AssignmentResult, PathSet, relative_gap, solve_equilibrium
+from .assignment import (
+    AssignmentResult,
+    PathSet,
+    all_or_nothing,
+    commodity_flows,
+    relative_gap,
+    solve_equilibrium,
+)
 from .data import DataParams, TrafficData, TrafficSplit, build_dataset
 from .metrics import METRICS, evaluate, mse, relative_error, trafix_score, wardrop_gap
 from .models import ExplicitTrafficNet, MeanCapacityBaseline, TrafficNFPN, traffic_loss
@@ -35,7 +42,9 @@ __all__ = [
     "TrafficData",
     "TrafficNFPN",
     "TrafficSplit",
+    "all_or_nothing",
     "build_dataset",
+    "commodity_flows",
     "evaluate",
     "mse",
     "relative_error",
