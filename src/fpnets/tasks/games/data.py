@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...data import DataError
 from .qre import antisymmetric, qre_residual, solve_qre
 
 __all__ = [
@@ -51,7 +52,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
-class GameDataError(RuntimeError):
+class GameDataError(DataError):
     """A cached game file is corrupt or does not match its parameters."""
 
 
