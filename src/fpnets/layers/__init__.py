@@ -5,6 +5,7 @@ from ._contractive import (
     ContractiveConvOperator,
     lipschitz_estimate,
     reference_rescale_,
+    rescale_to_gamma_,
 )
 from ._spectral import SpectralConv2d, SpectralLinear, conv_operator_norm
 
@@ -16,4 +17,5 @@ __all__ = [
     "conv_operator_norm",
     "lipschitz_estimate",
     "reference_rescale_",
+    "rescale_to_gamma_",
 ]

@@ -156,8 +156,18 @@ def reference_rescale_(
     dx = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     delta_t = operator(u + du, x + dx) - operator(u, x + dx)
     ratio = float(_channel_norm(delta_t).mean() / _channel_norm(du).mean().clamp_min(1e-12))
-    if math.isfinite(ratio) and ratio > gamma:
-        factor = (gamma / ratio) ** (1.0 / blocks)
-        for p in params:
-            p.mul_(factor)
+    rescale_to_gamma_(params, ratio, gamma, blocks)
     return ratio
+
+
+@torch.no_grad()
+def rescale_to_gamma_(params: Sequence[Tensor], ratio: float, gamma: float, blocks: int) -> bool:
+    """The rescaling step of the reference Lipschitz rules (JFB's and F-FPN's), written once: if the
+    measured ratio ρ exceeds γ, multiply every tensor in ``params`` in place by (γ/ρ)^(1/blocks)
+    (``blocks`` layers composed, so the product of the factors is γ/ρ). Returns whether it rescaled."""
+    if not (math.isfinite(ratio) and ratio > gamma):
+        return False
+    factor = (gamma / ratio) ** (1.0 / blocks)
+    for p in params:
+        p.mul_(factor)
+    return True

@@ -19,7 +19,6 @@ Lip_u(R) ≤ γ for every parameter value).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -31,7 +30,7 @@ from .._fixed_point import FixedPointLayer
 from .._regularize import jacobian_penalty
 from .._solution import Solution
 from ..backward import IFT, JFB, Backward, CGNormal
-from ..layers import SpectralConv2d, reference_rescale_
+from ..layers import SpectralConv2d, reference_rescale_, rescale_to_gamma_
 from ..norms import max_channel_norm
 from ..registry import backward_from_spec, solver_from_spec
 from ..solvers import Picard, Solver
@@ -496,10 +495,7 @@ class FixedPointNetwork(nn.Module):
                 for b, s in zip(op.buffers(), saved, strict=True):
                     b.copy_(s)
         ratio = _mean_over_processes(ratio, u)
-        if math.isfinite(ratio) and ratio > op.gamma:
-            factor = (op.gamma / ratio) ** (1.0 / op.num_blocks)
-            for p in op.rescalable_parameters():
-                p.mul_(factor)
+        if rescale_to_gamma_(op.rescalable_parameters(), ratio, op.gamma, op.num_blocks):
             self.rescales += 1
         return ratio
 

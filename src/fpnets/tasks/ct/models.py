@@ -23,7 +23,6 @@ Regularisers (both (B, 1, N, N) -> (B, 1, N, N)):
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 from ..._fixed_point import fixed_point
 from ..._solution import Solution
 from ...backward import JFB, Backward
-from ...layers import SpectralConv2d
+from ...layers import SpectralConv2d, rescale_to_gamma_
 from ...norms import max_channel_norm
 from ...operators.radon import ParallelBeamGeometry, RadonTransform, RelaxedProjection
 from ...solvers import Picard, Solver
@@ -353,10 +352,7 @@ class FFPN(_CTReconstructor):
         diff = self.operator(u + delta, d) - self.operator(u, d)
         ratio = float(diff.abs().mean() / delta.abs().mean().clamp_min(1e-12))
         reg = self.regulariser
-        if math.isfinite(ratio) and ratio > self.gamma:
-            factor = (self.gamma / ratio) ** (1.0 / reg.num_blocks)  # type: ignore[union-attr]
-            for p in reg.rescalable_parameters():  # type: ignore[union-attr]
-                p.mul_(factor)
+        if rescale_to_gamma_(reg.rescalable_parameters(), ratio, self.gamma, reg.num_blocks):  # type: ignore[union-attr]
             self.rescales += 1
         return ratio
 
