@@ -420,3 +420,66 @@ class StepProbe:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Side-by-side runs against peer code (vs_reference.py)
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of this repository (full hash), with ``+dirty`` when tracked files changed."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_load() -> dict[str, Any]:
+    """The machine's load now: ``uptime``'s line and the 1/5/15-minute load averages."""
+    try:
+        line = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        line = ""
+    loads = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {"uptime": line, "loadavg": loads, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def busy_warning(load: dict[str, Any], cores: int | None, when: str) -> str | None:
+    """A warning text when the 1-minute load average exceeds half the cores (timings then are not
+    those of an idle machine), else None."""
+    loads = load.get("loadavg")
+    if not loads or not cores or loads[0] <= 0.5 * cores:
+        return None
+    return (
+        f"1-minute load average {loads[0]:.2f} {when} exceeds 0.5 × {cores} cores: other work is running, "
+        "so these timings are not those of an idle machine (rerun on an idle one before quoting them)"
+    )
+
+
+def read_idx_ubyte(path: str | Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (``.gz`` or raw) as a uint8 tensor shaped as its header says.
+
+    Kept separate from ``fpnets.data`` so that a peer's data path shares no code with fpnets.
+    Header: 2 zero bytes, type 0x08, the number of dimensions n, then n big-endian uint32 sizes.
+    """
+    import gzip
+
+    import numpy as np
+
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (header {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: {data.size} bytes of data, the header says {dims}")
+    return torch.from_numpy(data.copy()).reshape(dims)

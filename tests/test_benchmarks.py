@@ -195,3 +195,80 @@ def test_step_probe_closes_its_windows_on_error() -> None:
     assert probe.forward.total() == before
     with pytest.raises(RuntimeError, match="loss_fn of one train_step inside `with probe:`"):
         common.StepProbe(F.cross_entropy, opt).loss(model(x), y)
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmarks/vs_reference.py: the reference implementation's own code beside fpnets (real data)
+
+SHARED = ROOT.parent / "shared"
+PEER = SHARED / "peers" / "jfb-reference"
+MNIST = SHARED / "data" / "mnist"
+
+
+@pytest.mark.skipif(
+    not (PEER / "Networks.py").is_file() or not MNIST.is_dir(),
+    reason="needs ../shared/peers/jfb-reference and ../shared/data/mnist",
+)
+def test_vs_reference_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "vs.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+    }
+    args = ["--data-dir", str(MNIST), "--peer-dir", str(PEER), "--network", "both", "--steps", "3"]
+    args += ["--rounds", "1", "--warmup", "1", "--limit", "200", "--eval", "--epoch", "--threads", "1"]
+    args += ["--device", "cpu", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/vs_reference.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert "vs_reference.py" in data["command"] and "--steps 3" in data["command"]
+    assert len(data["commit"].split("+")[0]) == 40
+    assert data["hardware"]["cores"] == os.cpu_count() and data["hardware"]["threads"] == 1
+    assert data["torch"] == torch.__version__
+    for key in ("load_start", "load_end"):
+        assert len(data[key]["loadavg"]) == 3 and "load average" in data[key]["uptime"]
+    busy = data["load_start"]["loadavg"][0] > 0.5 * os.cpu_count()
+    assert busy == any("at the start" in w for w in data["warnings"])
+    assert data["reference"]["eps"] == 0.1 and data["reference"]["max_depth"] == 50
+    expected = {"paper": (54_352, 0.5, 2), "published": (35_856, 0.9, 1)}
+    assert set(data["networks"]) == set(expected)
+    for name, (params, gamma, blocks) in expected.items():
+        net = data["networks"][name]
+        assert net["parameters"] == {"reference": params, "fpnets": params}, name
+        assert (net["network"]["gamma"], net["network"]["lat_layers"]) == (gamma, blocks)
+        assert f"model.gamma={gamma}" in net["fpnets_overrides"] and net["checks"] == []
+        assert net["same_initial_weights"] is True
+        steps = net["steps"]
+        assert steps["total_steps_trained"] == 4 and steps["order"] == [["reference", "fpnets"]]
+        for side in ("reference", "fpnets"):
+            s = steps[side]
+            assert s["timed_steps"] == 3 and len(s["ms_all"]) == 1 and len(s["ms_all"][0]) == 3
+            assert s["loss_finite"] and 0 < s["train_loss"] < 10, (name, side)
+            assert 1 <= s["iters_per_step_batch_max"] <= 50 and 0 <= s["train_acc"] <= 1
+            assert s["median_ms"] > 0
+            e = net["eval"][side]
+            assert e["n"] == 200 and 0 <= e["acc"] <= 1 and e["median_seconds"] > 0
+            assert 1 <= e["iters_batch_max"] <= 50
+            ep = net["epoch"][side]
+            assert ep["train_images"] == 200 and ep["steps"] == 2 and ep["loss_finite"]
+            assert ep["total_s"] >= ep["train_s"] > 0 and 0 <= ep["test_acc"] <= 1
+        assert (
+            1 <= steps["fpnets"]["iters_per_step_sample_mean"] <= steps["fpnets"]["iters_per_step_batch_max"]
+        )
+        assert steps["ratio_median_ms"] == pytest.approx(
+            steps["reference"]["median_ms"] / steps["fpnets"]["median_ms"]
+        )
+        assert net["eval"]["reference"]["batch"] == 400 and net["eval"]["fpnets"]["batch"] == 1000
+        assert net["epoch"]["fpnets"]["overrides"][:2] == [
+            f"model.latent_blocks={blocks}",
+            f"model.gamma={gamma}",
+        ]
+    assert "| ms/step, median of all timed steps |" in proc.stdout
+    assert "| one epoch, end to end | reference | fpnets train |" in proc.stdout
