@@ -152,9 +152,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--profile", type=int, default=0, help="profile this many steps per config")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--reference-ms", type=float, default=90.0, help="the reference code's ms/step on this CPU"
-    )
     p.add_argument("--json", default=str(RESULTS / "train_step.json"))
     args = p.parse_args(argv)
     if args.threads:
@@ -174,13 +171,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t = trainers[n]
         ms = 1e3 * median(times[n])
         depth = sum(t.depths) / max(len(t.depths), 1)
-        speedup = args.reference_ms / ms
         rows.append(
             [
                 n,
                 f"{ms:.1f}",
                 f"{base / median(times[n]):.2f}×",
-                f"{speedup:.2f}×",
                 f"{depth:.2f}",
                 t.model.rescales,
             ]
@@ -193,7 +188,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "all_ms": [1e3 * s for s in times[n]],
                 "mean_depth": depth,
                 "speedup_vs_port": base / median(times[n]),
-                "speedup_vs_reference": speedup,
                 "rescales": t.model.rescales,
             }
         )
@@ -201,7 +195,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config",
         "ms / step",
         f"× vs {names[0]}",
-        f"× vs reference {args.reference_ms:g} ms",
         "mean depth",
         "rescales",
     ]
