@@ -38,6 +38,7 @@ TASKS: dict[str, str | type[Task]] = {
     "classification": "fpnets.tasks.classification:ClassificationTask",
     "games": "fpnets.tasks.games.task:GamesTask",
     "ct": "fpnets.tasks.ct.task:CTTask",
+    "traffic": "fpnets.tasks.traffic.task:TrafficTask",
 }
 """Tasks by name: a :class:`Task` subclass, or ``"module:Class"`` imported on first use."""
 
