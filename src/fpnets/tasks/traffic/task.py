@@ -498,7 +498,7 @@ class TrafficTask(Task):
         label = self.run_name()
         stats = summary["test"]
         title = (
-            f"{label}: test rel. error {stats['relative_error_total']:.3g}, "
+            f"{label}\ntest ‖X̂ − X*‖/‖X*‖ = {stats['relative_error_total']:.3g}, "
             f"TRAFIX {100 * stats['trafix']:.1f}%"
         )
         fig = flow_scatter(pred, true, run_dir / "flows.png", title=title)
@@ -518,7 +518,7 @@ class TrafficTask(Task):
                 run_dir / "error_map.png",
                 label="mean |X̂ − X*| (vehicles)",
                 cmap="magma",
-                title=f"{label}: mean absolute error per link (test)",
+                title=f"{label}\nmean absolute error per link (test)",
             )
             paths += [run_dir / "flow_map.png", run_dir / "error_map.png"]
         return paths
