@@ -19,6 +19,7 @@ from fpnets.tasks import get_task
 from fpnets.tasks.traffic import ExplicitTrafficNet, TrafficNFPN
 from fpnets.tasks.traffic.metrics import relative_error, trafix_score, wardrop_gap
 from fpnets.tasks.traffic.task import TrafficTask, evaluate_baseline, network_dir
+from fpnets.tasks.traffic.task import _main as baseline_main
 from fpnets.train import (
     ConfigError,
     config_from_dict,
@@ -255,6 +256,17 @@ def test_mean_capacity_baseline_is_evaluated_not_trained(root: Path, tmp_path: P
         float(torch.linalg.norm(pred - x) / torch.linalg.norm(x)), rel=1e-6
     )
     assert (tmp_path / "mc" / "config.toml").exists() and (tmp_path / "mc" / "flows.png").exists()
+    # the command line writes the same results from a config file
+    cfg_file = tmp_path / "toy.toml"
+    cfg_file.write_text(cfg.to_toml())
+    out = tmp_path / "mc-cli"
+    assert (
+        baseline_main([str(cfg_file), "--data-dir", str(root), "--out", str(out), "--set", "run.plots=false"])
+        == 0
+    )
+    again = json.loads((out / "results.json").read_text())
+    assert again["test"]["rel_error"] == pytest.approx(results["test"]["rel_error"], rel=1e-12)
+    assert not (out / "flows.png").exists()  # run.plots = false
 
 
 # -------------------------------------------------------------------------------------------------
