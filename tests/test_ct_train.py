@@ -267,3 +267,19 @@ def test_data_directory_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (cached,) = tmp_path.glob("ct-ellipses-16-*.npz")
     again = cfg.make_task().load_splits(tmp_path)
     assert torch.equal(first.test.inputs[0], again.test.inputs[0]) and cached.is_file()
+
+
+def test_the_rescale_counter_travels_through_epoch_records() -> None:
+    task = tiny("ffpn").make_task()
+    model = task.build_model()
+    assert task.epoch_stats(model) == {"rescales": 0}
+    task.restore(model, {"rescales": 3})  # what a resumed run reads from its last epoch's record
+    assert model.rescales == 3 and task.epoch_stats(model) == {"rescales": 3}
+    # the counter counts: a forced rescale (γ below any measured ratio) adds one
+    model.gamma = 1e-6
+    model.train()
+    model(task.load_splits(None).train.inputs[0][:4])
+    task.after_step(model)
+    assert model.rescales == 4
+    contractive = tiny("contractive").make_task()
+    assert contractive.epoch_stats(contractive.build_model()) == {"rescales": None}
