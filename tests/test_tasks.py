@@ -349,3 +349,10 @@ def test_jacobian_penalty_through_the_trainer(config_file: Path, tmp_path: Path)
         match=r"train.jacobian_weight needs a model with a jacobian_penalty\(\) method; WaveNet has none",
     ):
         train(cfg, run_dir=tmp_path / "w", progress=False)
+
+
+def test_a_model_without_parameters_is_not_trained(config_file: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Wave, "build_model", lambda self: nn.Identity())
+    with pytest.raises(ConfigError, match=r"the test-wave model Identity has no trainable parameters"):
+        train(load_config(config_file), run_dir=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # nothing written

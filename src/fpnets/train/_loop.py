@@ -269,6 +269,11 @@ class _Trainer:
         model = self.task.build_model().to(device=rt.device, dtype=rt.dtype)
         self.net = model
         params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError(
+                f"the {cfg.task.name} model {type(model).__name__} has no trainable parameters; "
+                "there is nothing to train (evaluate it instead)"
+            )
         o = cfg.optim
         self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = (
