@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a model (default: the digits FPN)",
-        description="Train a model. CONFIG is a TOML file or a bundled name "
-        "(digits, mnist, fashion-mnist, svhn, cifar10, cifar10-unaugmented; default digits).",
+        description="Train a model. CONFIG is a TOML file or a bundled name (default digits; "
+        "`fpnets config --list` lists them: the classification configs, ct-ellipses, games, "
+        "traffic-siouxfalls, ...).",
     )
     t.add_argument(
         "config", nargs="?", metavar="CONFIG", help="config file or bundled name (default: digits)"
