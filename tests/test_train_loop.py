@@ -296,7 +296,10 @@ cfg = load_config("digits", sys.argv[2:])
 result = train(cfg, run_dir=f"{out}/digits", progress=False)
 state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
 save_file(state, f"{out}/digits-rank{rank}.safetensors")
-print(f"rank {rank} digits val {result.val['acc']} test {result.test['acc']}", flush=True)
+# one write per line (print writes the text and the newline separately, so two ranks' lines
+# could interleave on the shared pipe)
+sys.stdout.write(f"rank {rank} digits val {result.val['acc']} test {result.test['acc']}\\n")
+sys.stdout.flush()
 
 # The CIFAR-10 (unaugmented) network has encoder parameters that never get a gradient.
 g = torch.Generator().manual_seed(0)
