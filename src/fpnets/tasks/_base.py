@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._errors import ConfigError
 from .._seed import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,8 +74,6 @@ class DataConfig:
     eval_batch_size: int = 500
 
     def check(self) -> None:
-        from ..train import ConfigError
-
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
@@ -86,6 +85,42 @@ class ModelConfig:
     it with its model options and lists its variants in ``choices``."""
 
     variant: str = "fpn"
+
+
+def check_variant_options(section: Any, variant_keys: Mapping[str, Sequence[str]]) -> None:
+    """Raise :class:`ConfigError` when ``section`` (a ``[model]`` with per-variant options, unset =
+    None) sets an option that its ``variant`` does not take (``variant_keys``: variant → its options)."""
+    takes = variant_keys[section.variant]
+    options = sorted({k for keys in variant_keys.values() for k in keys})
+    for name in options:
+        if getattr(section, name) is None or name in takes:
+            continue
+        users = [v for v, keys in variant_keys.items() if name in keys]
+        raise ConfigError(
+            f"model.{name} applies to the {', '.join(users)} variant(s), not {section.variant!r} "
+            f"(which takes {', '.join(takes) or 'no options'}); unset it or put it in "
+            f"[variants.{users[0]}.model]"
+        )
+
+
+def variant_options(section: Any, variant_keys: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The options of ``section``'s variant that are set (not None), by name."""
+    return {k: getattr(section, k) for k in variant_keys[section.variant] if getattr(section, k) is not None}
+
+
+def task_data_dir(name: str, data_dir: str | Path | None) -> Path:
+    """Where task ``name`` caches generated data: ``data_dir`` when given; else ``$FPNETS_DATA/<name>``
+    when ``FPNETS_DATA`` is set; else ``<cache>/<name>`` with :func:`fpnets.data.cache_root`'s cache
+    (``$FPNETS_CACHE``, ``$XDG_CACHE_HOME/fpnets`` or ``~/.cache/fpnets``)."""
+    import os
+
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get("FPNETS_DATA"):
+        return Path(os.environ["FPNETS_DATA"]).expanduser() / name
+    from ..data import cache_root
+
+    return cache_root() / name
 
 
 # -------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._errors import ConfigError
 from ._base import DataConfig, Metric, ModelConfig, Task
 
 AUGMENTS = {"none": None, "cifar10": "reference", "cifar10-pixel": "pixel"}
@@ -43,8 +44,6 @@ class ClassificationData(DataConfig):
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"augment": tuple(AUGMENTS)}
 
     def check(self) -> None:
-        from ..train import ConfigError
-
         super().check()
         if self.limit < 0:
             raise ConfigError(f"data.limit must be >= 0, got {self.limit}")

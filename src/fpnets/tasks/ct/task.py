@@ -33,10 +33,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..._errors import ConfigError
 from ..._fixed_point import fixed_point
 from ...norms import max_channel_norm
 from ...operators.radon import FILTERS, ParallelBeamGeometry, geometry_preset
-from .._base import DataConfig, Metric, ModelConfig, Splits, Task, TensorSplit
+from .._base import (
+    DataConfig,
+    Metric,
+    ModelConfig,
+    Splits,
+    Task,
+    TensorSplit,
+    check_variant_options,
+    task_data_dir,
+    variant_options,
+)
 from .baselines import FBPReconstructor, TVReconstructor
 from .data import EllipseDataConfig, load_ct_pairs, load_ellipse_splits
 from .metrics import mse, psnr, ssim
@@ -87,12 +98,6 @@ DEFAULT_LAMBDAS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 """Candidate TV weights λ tried on validation."""
 
 
-def _config_error(message: str) -> Exception:
-    from ...train import ConfigError
-
-    return ConfigError(message)
-
-
 def _data_error(message: str) -> Exception:
     from ...data import DataError
 
@@ -100,19 +105,9 @@ def _data_error(message: str) -> Exception:
 
 
 def ct_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
-    """Where the generated ellipse data are cached and user pair files are looked for.
-
-    ``data_dir`` when given (files ``ct-ellipses-<N>-<hash>.npz`` go straight into it); else
-    ``$FPNETS_DATA/ct`` when ``FPNETS_DATA`` is set; else ``<cache>/ct`` with the cache of
-    :func:`fpnets.data.cache_root` (``$FPNETS_CACHE``, ``$XDG_CACHE_HOME/fpnets`` or ``~/.cache/fpnets``).
-    """
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get("FPNETS_DATA"):
-        return Path(os.environ["FPNETS_DATA"]).expanduser() / "ct"
-    from ...data import cache_root
-
-    return cache_root() / "ct"
+    """Where the generated ellipse data are cached and user pair files are looked for
+    (:func:`fpnets.tasks._base.task_data_dir` of "ct"; files ``ct-ellipses-<N>-<hash>.npz``)."""
+    return task_data_dir("ct", data_dir)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -162,10 +157,10 @@ class CTData(DataConfig):
         for key in ("image_size", "angles", "detectors"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise _config_error(f"data.{key} must be >= 1, got {value}")
+                raise ConfigError(f"data.{key} must be >= 1, got {value}")
         files = [self.train_file, self.val_file, self.test_file]
         if any(files) and not all(files):
-            raise _config_error(
+            raise ConfigError(
                 "data.train_file, data.val_file and data.test_file must be set together (user pairs) "
                 "or all left empty (generated ellipses)"
             )
@@ -173,9 +168,9 @@ class CTData(DataConfig):
             try:
                 self.ellipse_config()
             except ValueError as exc:
-                raise _config_error(f"[data]: {exc}") from None
+                raise ConfigError(f"[data]: {exc}") from None
             if self.n_train < 1:
-                raise _config_error(f"data.n_train must be >= 1, got {self.n_train}")
+                raise ConfigError(f"data.n_train must be >= 1, got {self.n_train}")
 
     def scan(self) -> ParallelBeamGeometry:
         """The :class:`ParallelBeamGeometry` these values describe."""
@@ -258,44 +253,33 @@ class CTModel(ModelConfig):
     }
 
     def check(self) -> None:
-        takes = VARIANT_KEYS[self.variant]
-        for name in _OPTION_KEYS:
-            if getattr(self, name) is None or name in takes:
-                continue
-            users = [v for v, keys in VARIANT_KEYS.items() if name in keys]
-            raise _config_error(
-                f"model.{name} applies to the {', '.join(users)} variant(s), not {self.variant!r} "
-                f"(which takes {', '.join(takes)}); unset it or put it in [variants.{users[0]}.model]"
-            )
+        check_variant_options(self, VARIANT_KEYS)
         for key in ("channels", "blocks", "steps", "iterations"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise _config_error(f"model.{key} must be >= 1, got {value}")
+                raise ConfigError(f"model.{key} must be >= 1, got {value}")
         if self.relaxation is not None and not 0 < self.relaxation <= 2:
-            raise _config_error(
+            raise ConfigError(
                 f"model.relaxation must lie in (0, 2], got {self.relaxation}: the projection step "
                 "P_d(v) = Π(v − λ s AᵀW(Av − d)) is nonexpansive only for λ ≤ 2 (its linear part has "
                 "eigenvalues in [1 − λ, 1]); lower it to at most 2"
             )
         if self.gamma is not None and not 0 < self.gamma < 1:
-            raise _config_error(f"model.gamma must lie in (0, 1), got {self.gamma}")
+            raise ConfigError(f"model.gamma must lie in (0, 1), got {self.gamma}")
         for key in ("step", "eps", "lam"):
             value = getattr(self, key)
             if value is not None and not value > 0:
-                raise _config_error(f"model.{key} must be > 0, got {value}")
+                raise ConfigError(f"model.{key} must be > 0, got {value}")
         if self.decay is not None and not 0 < self.decay < 1:
-            raise _config_error(f"model.decay must lie in (0, 1), got {self.decay}")
+            raise ConfigError(f"model.decay must lie in (0, 1), got {self.decay}")
         if not self.lambdas or not all(lam >= 0 and math.isfinite(lam) for lam in self.lambdas):
-            raise _config_error(f"model.lambdas must be finite numbers >= 0, got {self.lambdas}")
+            raise ConfigError(f"model.lambdas must be finite numbers >= 0, got {self.lambdas}")
         if self.select_samples < 0:
-            raise _config_error(f"model.select_samples must be >= 0, got {self.select_samples}")
+            raise ConfigError(f"model.select_samples must be >= 0, got {self.select_samples}")
 
     def options(self) -> dict[str, Any]:
         """Keyword options of :func:`fpnets.tasks.ct.build_ct_model` (the set keys of the variant)."""
-        return {k: getattr(self, k) for k in VARIANT_KEYS[self.variant] if getattr(self, k) is not None}
-
-
-_OPTION_KEYS = tuple(sorted({k for keys in VARIANT_KEYS.values() for k in keys}))
+        return variant_options(self, VARIANT_KEYS)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -439,7 +423,7 @@ class CTTask(Task):
 
         cfg, m = self.config, self.config.model
         if m.variant in BASELINES:
-            raise _config_error(
+            raise ConfigError(
                 f"model.variant = {m.variant!r} is an evaluation-only baseline with no parameters to "
                 f"train; evaluate it with CTTask.build_baseline({m.variant!r}, splits.val) or "
                 "`python benchmarks/ct_table.py --baselines`, and train one of "
@@ -453,17 +437,17 @@ class CTTask(Task):
                 if backward is not None:
                     options["backward"] = backward_from_spec(backward)
             except (TypeError, ValueError) as exc:
-                raise _config_error(f"[solver]/[backward]: {exc}") from None
+                raise ConfigError(f"[solver]/[backward]: {exc}") from None
             options["warn"] = False
         elif backward is not None:
-            raise _config_error(
+            raise ConfigError(
                 f"backward.name = {cfg.backward.name!r} does not apply to the {m.variant} variant (it "
                 "solves no fixed point and backpropagates through all its steps); unset [backward]"
             )
         try:
             return build_ct_model(VARIANTS[m.variant], self.geometry, **options)
         except (TypeError, ValueError) as exc:
-            raise _config_error(f"[model] ({m.variant}): {exc}") from None
+            raise ConfigError(f"[model] ({m.variant}): {exc}") from None
 
     def build_baseline(self, kind: str, val: TensorSplit) -> nn.Module:
         """The fbp or tv baseline for ``[data]``'s geometry. When ``model.variant`` is that baseline,

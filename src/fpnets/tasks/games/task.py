@@ -28,7 +28,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._base import DataConfig, Metric, ModelConfig, Splits, Task, TensorLoader, TensorSplit
+from ..._errors import ConfigError
+from .._base import (
+    DataConfig,
+    Metric,
+    ModelConfig,
+    Splits,
+    Task,
+    TensorLoader,
+    TensorSplit,
+    check_variant_options,
+    task_data_dir,
+)
 from .data import GameDataConfig, GameDataError, load_games, payoff_matrices
 from .metrics import game_metrics, mse_loss
 from .models import MODELS, build_game_model
@@ -56,26 +67,10 @@ VARIANT_KEYS: dict[str, tuple[str, ...]] = {
 _QRE_OPTIONS = {"qre_tol": "tol", "qre_max_iter": "max_iter"}  # [model] key → PayoffNet keyword
 
 
-def _config_error(message: str) -> Exception:
-    from ...train import ConfigError
-
-    return ConfigError(message)
-
-
 def games_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
-    """Where the generated games are cached.
-
-    ``data_dir`` when given (the files ``games-n{n}-{hash}.pt`` go straight into it); else
-    ``$FPNETS_DATA/games`` when ``FPNETS_DATA`` is set; else ``<cache>/games`` with the cache of
-    :func:`fpnets.data.cache_root` (``$FPNETS_CACHE``, ``$XDG_CACHE_HOME/fpnets`` or ``~/.cache/fpnets``).
-    """
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get("FPNETS_DATA"):
-        return Path(os.environ["FPNETS_DATA"]).expanduser() / "games"
-    from ...data import cache_root
-
-    return cache_root() / "games"
+    """Where the generated games are cached (:func:`fpnets.tasks._base.task_data_dir` of "games";
+    files ``games-n{n}-{hash}.pt``)."""
+    return task_data_dir("games", data_dir)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -114,9 +109,9 @@ class GamesData(DataConfig):
         try:
             self.game_config()
         except ValueError as exc:
-            raise _config_error(f"[data]: {exc}") from None
+            raise ConfigError(f"[data]: {exc}") from None
         if self.n_train < 1:
-            raise _config_error(f"data.n_train must be >= 1, got {self.n_train}")
+            raise ConfigError(f"data.n_train must be >= 1, got {self.n_train}")
 
     def game_config(self) -> GameDataConfig:
         """The :class:`GameDataConfig` of these values."""
@@ -153,24 +148,15 @@ class GamesModel(ModelConfig):
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"variant": MODELS}
 
     def check(self) -> None:
-        takes = VARIANT_KEYS[self.variant]
-        for f in dataclasses.fields(self):
-            if f.name == "variant" or getattr(self, f.name) is None:
-                continue
-            if f.name not in takes:
-                users = [v for v, keys in VARIANT_KEYS.items() if f.name in keys]
-                raise _config_error(
-                    f"model.{f.name} applies to the {' and '.join(users)} variant(s), not {self.variant!r} "
-                    f"(which takes {', '.join(takes)}); unset it or put it in [variants.{users[0]}.model]"
-                )
+        check_variant_options(self, VARIANT_KEYS)
         for key in ("components", "hidden", "qre_max_iter"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise _config_error(f"model.{key} must be >= 1, got {value}")
+                raise ConfigError(f"model.{key} must be >= 1, got {value}")
         for key in ("alpha", "mu", "rho", "qre_tol"):
             value = getattr(self, key)
             if value is not None and not value > 0:
-                raise _config_error(f"model.{key} must be > 0, got {value}")
+                raise ConfigError(f"model.{key} must be > 0, got {value}")
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`build_game_model` (the set keys, renamed where needed)."""
@@ -314,7 +300,7 @@ class GamesTask(Task):
         backward = cfg.backward.spec()
         if m.variant == "payoffnet":
             if backward is not None:
-                raise _config_error(
+                raise ConfigError(
                     f"backward.name = {cfg.backward.name!r} does not apply to payoffnet (its QRE layer "
                     "has an exact implicit gradient); unset [backward] for this variant"
                 )
@@ -324,7 +310,7 @@ class GamesTask(Task):
                 if backward is not None:
                     options["backward"] = backward_from_spec(backward)
             except (TypeError, ValueError) as exc:
-                raise _config_error(f"[solver]/[backward]: {exc}") from None
+                raise ConfigError(f"[solver]/[backward]: {exc}") from None
             options["warn"] = False
         return build_game_model(m.variant, cfg.data.n_actions, cfg.data.context_dim, **options)
 

@@ -40,7 +40,19 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._base import DataConfig, Metric, ModelConfig, Splits, Task, TaskConfig, TensorLoader, TensorSplit
+from ..._errors import ConfigError
+from .._base import (
+    DataConfig,
+    Metric,
+    ModelConfig,
+    Splits,
+    Task,
+    TaskConfig,
+    TensorLoader,
+    TensorSplit,
+    check_variant_options,
+    variant_options,
+)
 from .data import TrafficData
 from .metrics import conservation_error, relative_error, trafix_score, wardrop_gap
 from .models import ExplicitTrafficNet, MeanCapacityBaseline, TrafficNFPN, traffic_loss
@@ -75,14 +87,6 @@ VARIANT_KEYS: dict[str, tuple[str, ...]] = {
 
 BASELINES = ("mean-capacity",)
 """Variants without parameters: evaluated (:func:`evaluate_baseline`), never trained."""
-
-_OPTION_KEYS = tuple(sorted({k for keys in VARIANT_KEYS.values() for k in keys}))
-
-
-def _config_error(message: str) -> Exception:
-    from ...train import ConfigError
-
-    return ConfigError(message)
 
 
 def _data_error(message: str) -> Exception:
@@ -187,20 +191,20 @@ class TrafficDataConfig(DataConfig):
         for key in ("n_train", "n_val", "n_test", "limit"):
             value = getattr(self, key)
             if value < 0:
-                raise _config_error(f"data.{key} must be >= 0, got {value}")
+                raise ConfigError(f"data.{key} must be >= 0, got {value}")
         if self.n_train < 1:
-            raise _config_error(f"data.n_train must be >= 1, got {self.n_train}")
+            raise ConfigError(f"data.n_train must be >= 1, got {self.n_train}")
         if not 0 < self.gap < 1e-3:
-            raise _config_error(
+            raise ConfigError(
                 f"data.gap must lie in (0, 1e-3), got {self.gap}: targets are equilibria certified to this "
                 "relative gap (1e-8 gives flows accurate to about 1e-6)"
             )
         if self.cap_range is not None and not 0 < self.cap_range < 1:
-            raise _config_error(
+            raise ConfigError(
                 f"data.cap_range must lie in (0, 1), got {self.cap_range}: capacities c₀(1 ± r) must stay positive"
             )
         if not self.network:
-            raise _config_error("data.network must name a network (e.g. 'SiouxFalls') or a TNTP directory")
+            raise ConfigError("data.network must name a network (e.g. 'SiouxFalls') or a TNTP directory")
 
     def slug(self) -> str:
         """The network's name in run names: letters and digits, lower case (``siouxfalls``)."""
@@ -239,30 +243,21 @@ class TrafficModelConfig(ModelConfig):
     }
 
     def check(self) -> None:
-        takes = VARIANT_KEYS[self.variant]
-        for name in _OPTION_KEYS:
-            if getattr(self, name) is None or name in takes:
-                continue
-            users = [v for v, keys in VARIANT_KEYS.items() if name in keys]
-            raise _config_error(
-                f"model.{name} applies to the {', '.join(users)} variant(s), not {self.variant!r} "
-                f"(which takes {', '.join(takes) or 'no options'}); unset it or put it in "
-                f"[variants.{users[0]}.model]"
-            )
+        check_variant_options(self, VARIANT_KEYS)
         for key in ("hidden", "num_params"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise _config_error(f"model.{key} must be >= 1, got {value}")
+                raise ConfigError(f"model.{key} must be >= 1, got {value}")
         for key in ("alpha", "bound"):
             value = getattr(self, key)
             if value is not None and not (value > 0 and math.isfinite(value)):
-                raise _config_error(f"model.{key} must be a positive number, got {value}")
+                raise ConfigError(f"model.{key} must be a positive number, got {value}")
         if self.mu is not None and not (self.mu >= 0 and math.isfinite(self.mu)):
-            raise _config_error(f"model.mu must be >= 0, got {self.mu}")
+            raise ConfigError(f"model.mu must be >= 0, got {self.mu}")
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the variant's model (the set keys)."""
-        return {k: getattr(self, k) for k in VARIANT_KEYS[self.variant] if getattr(self, k) is not None}
+        return variant_options(self, VARIANT_KEYS)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -399,7 +394,7 @@ class TrafficTask(Task):
 
         cfg, m = self.config, self.config.model
         if m.variant in BASELINES:
-            raise _config_error(
+            raise ConfigError(
                 f"model.variant = {m.variant!r} is an evaluation-only baseline with no parameters to "
                 "train; evaluate it with `python -m fpnets.tasks.traffic.task CONFIG --set "
                 f"model.variant={m.variant}` (fpnets.tasks.traffic.task.evaluate_baseline), and train "
@@ -410,7 +405,7 @@ class TrafficTask(Task):
         backward = cfg.backward.spec()
         if m.variant == "explicit":
             if backward is not None:
-                raise _config_error(
+                raise ConfigError(
                     f"backward.name = {cfg.backward.name!r} does not apply to the explicit variant (it "
                     "solves no fixed point); unset [backward]"
                 )
@@ -422,7 +417,7 @@ class TrafficTask(Task):
             if backward is not None:
                 options["backward"] = backward_from_spec(backward)
         except (TypeError, ValueError) as exc:
-            raise _config_error(f"[solver]/[backward]: {exc}") from None
+            raise ConfigError(f"[solver]/[backward]: {exc}") from None
         try:
             return TrafficNFPN(
                 data.network,
@@ -433,7 +428,7 @@ class TrafficTask(Task):
                 **options,
             )
         except ValueError as exc:
-            raise _config_error(f"[model] ({m.variant}): {exc}") from None
+            raise ConfigError(f"[model] ({m.variant}): {exc}") from None
 
     def build_baseline(self) -> MeanCapacityBaseline:
         """The mean-capacity baseline: the equilibrium (gap ≤ ``data.gap``) under the mean capacity
