@@ -71,8 +71,6 @@ def fixed_point(
         raise TypeError(
             f"backward must be a fpnets backward mode (JFB, IFT, Neumann, Unrolled), got {backward!r}"
         )
-    if not isinstance(z0, Tensor):
-        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
     full_batch = bool(coupled) or not args
     solve_map = f if f_solve is None else _detaching(f_solve)
     if backward.records_forward and torch.is_grad_enabled():
