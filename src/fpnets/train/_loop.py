@@ -431,7 +431,18 @@ class _Trainer:
             )
         self.rt.barrier()
 
-    def _write_run_files(self) -> None:
+    def _run_info(self) -> dict[str, Any]:
+        """What this process trains: device, dtype, processes, parameters, split sizes."""
+        return {
+            "device": str(self.rt.device),
+            "dtype": str(self.rt.dtype).replace("torch.", ""),
+            "world_size": self.rt.world_size,
+            "parameters": sum(p.numel() for p in self.net.parameters()),
+            "data": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
+        }
+
+    def _write_run_files(self, run_info: dict[str, Any]) -> None:
+        """config.toml, and run.json: written once for a new run; a resume appends to its history."""
         if not self.rt.is_main:
             return
         info_path = self.run_dir / "run.json"
@@ -449,21 +460,13 @@ class _Trainer:
                 "fpnets": _version(),
                 "torch": torch.__version__,
                 "python": platform.python_version(),
-                "device": str(self.rt.device),
-                "dtype": str(self.rt.dtype).replace("torch.", ""),
-                "world_size": self.rt.world_size,
+                **run_info,
                 "task": self.cfg.task.name,
-                "parameters": sum(p.numel() for p in self.net.parameters()),
-                "data": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
                 "started_at": now,
                 "resumed_from_epoch": self.start_epoch if self.resume is not None else None,
             }
         atomic_write_text(self.run_dir / "config.toml", self.cfg.to_toml())
         atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
-        self.run_info = {**info, "parameters": sum(p.numel() for p in self.net.parameters()),
-                         "data": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
-                         "device": str(self.rt.device), "dtype": str(self.rt.dtype).replace("torch.", ""),
-                         "world_size": self.rt.world_size}  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -609,11 +612,12 @@ class _Trainer:
             log.info("resuming %s from epoch %d (step %d)", self.run_dir, self.start_epoch, self.step)
         else:
             log.info("new run in %s", self.run_dir)
-        self._write_run_files()
+        run_info = self._run_info()
+        self._write_run_files(run_info)
         if self.on_start is not None:
             self.on_start(
                 {
-                    **getattr(self, "run_info", {}),
+                    **run_info,
                     "run_dir": self.run_dir,
                     "rank": rt.rank,
                     "start_epoch": self.start_epoch,
