@@ -219,16 +219,20 @@ def test_jacobian_variant_and_float64(splits, tmp_path: Path) -> None:
 
 
 def test_process_settings_are_restored(splits, tmp_path: Path) -> None:
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic
+    threads, det, filling = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), True
+    fill.fill_uninitialized_memory = filling
     seen = {}
 
     def look(info):
         seen["det"] = torch.are_deterministic_algorithms_enabled()
         seen["threads"] = torch.get_num_threads()
+        seen["fill"] = fill.fill_uninitialized_memory  # the NaN-filling debug aid costs 8 % of a step
 
     train(tiny("train.epochs=1"), run_dir=tmp_path / "run", splits=splits, progress=False, on_epoch_end=look)
-    assert seen == {"det": True, "threads": 1}
+    assert seen == {"det": True, "threads": 1, "fill": False}
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, det)
+    assert fill.fill_uninitialized_memory is filling
 
 
 def test_progress_bar_does_not_print_to_stdout(splits, tmp_path: Path, capsys, monkeypatch) -> None:
