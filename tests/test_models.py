@@ -443,3 +443,13 @@ def test_lipschitz_every_k_steps() -> None:
     assert [r is not None for r in ratios] == [True, False, False, True, False, False, True]
     with pytest.raises(ValueError, match="lipschitz_every must be a positive integer"):
         build_model("digits", "fpn", lipschitz_every=0)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1, 0.3, 1.0])
+def test_inner_block_sigma_twice_is_one_leaky_relu_of_slope_squared(slope: float) -> None:
+    from fpnets.models.base import InnerBlock
+
+    block = InnerBlock(4, batch_norm=False, contractive=False, negative_slope=slope).double()
+    z, h = torch.randn(2, 4, 5, 5, dtype=torch.float64), 3 * torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    sigma_twice = torch.nn.functional.leaky_relu(torch.nn.functional.leaky_relu(h, slope), slope)
+    torch.testing.assert_close(block.combine(z, h), z + sigma_twice, rtol=1e-14, atol=1e-15)

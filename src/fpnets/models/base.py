@@ -154,11 +154,14 @@ class InnerBlock(LatentBlock):
     output once more, so the branch ends in σ∘σ (a LeakyReLU of slope 0.01). The published
     checkpoints depend on it: the explicit MNIST checkpoint scores 99.29% on the MNIST test set with
     σ∘σ (the reference's figure) and 99.27% with a single σ.
+
+    σ∘σ is computed as one LeakyReLU of slope s² (for s ≥ 0, σ(σ(h)) = h for h ≥ 0 and s·s·h
+    otherwise): one pass over the activations instead of two, forward and backward.
     """
 
     def combine(self, z: Tensor, h: Tensor) -> Tensor:
         s = self.negative_slope
-        h = F.leaky_relu(F.leaky_relu(h, s), s)  # σ∘σ, as in the reference
+        h = F.leaky_relu(h, s * s)  # σ∘σ, as in the reference, in one pass
         return self.join(z, h)
 
 
