@@ -177,6 +177,8 @@ def test_bad_override_keys(override: str, match: str) -> None:
         ("run.device=tpu", r"run.device must be auto, cpu, cuda or cuda:N"),
         ("run.name=a/b", r"run.name must not contain path separators"),
         ("train.patience=-1", r"train.patience must be >= 0"),
+        ("model.lipschitz_every=0", r"model.lipschitz_every must be >= 1 \(probe every k-th step\), got 0"),
+        ("model.lipschitz_every=2.5", r"model.lipschitz_every must be an integer or unset, got 2.5"),
     ],
 )
 def test_bad_override_values(override: str, match: str) -> None:
@@ -268,3 +270,12 @@ def test_resolve_from_a_dict() -> None:
 
 def test_parse_override_splits_path() -> None:
     assert parse_override(" solver.tol = 1e-4 ") == (["solver", "tol"], 1e-4)
+
+
+@pytest.mark.parametrize(
+    "name", ["digits", "mnist", "fashion-mnist", "svhn", "cifar10", "cifar10-unaugmented"]
+)
+def test_shipped_classification_configs_probe_every_25th_step(name: str) -> None:
+    model = load_config(name).make_task().build_model()
+    assert (model.lipschitz, model.lipschitz_every) == ("reference", 25)
+    assert load_config(name, ["model.lipschitz_every=1"]).make_task().build_model().lipschitz_every == 1

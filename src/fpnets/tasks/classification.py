@@ -64,6 +64,9 @@ class ClassificationModel(ModelConfig):
     latent_blocks: int | None = None
     lipschitz: str | None = None
     """"reference" (the reference code's rescaling rule) or "none"; unset: the variant's default."""
+    lipschitz_every: int | None = None
+    """Run the Lipschitz rule's probe (two extra evaluations of R) after every k-th optimizer step
+    only; unset: every step, as the reference code does."""
     channels_last: bool = True
     """Channels-last (NHWC) weights and activations: same values, faster convolutions on CPU."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +76,12 @@ class ClassificationModel(ModelConfig):
         "variant": ("fpn", "jacobian", "explicit", "contractive"),
         "lipschitz": ("reference", "none"),
     }
+
+    def check(self) -> None:
+        if self.lipschitz_every is not None and self.lipschitz_every < 1:
+            raise ConfigError(
+                f"model.lipschitz_every must be >= 1 (probe every k-th step), got {self.lipschitz_every}"
+            )
 
 
 class ClassificationTask(Task):
@@ -130,7 +139,7 @@ class ClassificationTask(Task):
         m, cfg = self.config.model, self.config
         info = dataset_info(cfg.data.name)
         options: dict[str, Any] = {"in_channels": info.in_channels, "num_classes": info.num_classes}
-        for key in ("gamma", "latent_blocks", "lipschitz"):
+        for key in ("gamma", "latent_blocks", "lipschitz", "lipschitz_every"):
             if getattr(m, key) is not None:
                 options[key] = getattr(m, key)
         options.update(m.options)
