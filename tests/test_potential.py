@@ -87,7 +87,9 @@ def test_difference_init_is_a_tv_descent_step() -> None:
         out = layer(u)
     assert tv(out) < 0.97 * tv(u)
     assert float((out - u).abs().max()) < 0.1
-    assert layer.step_size((16, 16)) == pytest.approx(2.0 / float(layer.norm_bound((16, 16)).detach()) ** 2)
+    assert layer.step_size((16, 16)) == pytest.approx(
+        2.0 / (30.0 * float(layer.norm_bound((16, 16)).detach())) ** 2
+    )
 
 
 def test_norm_bound_is_cached_per_weight_version() -> None:

@@ -89,8 +89,11 @@ class ConvexPotentialConv2d(nn.Module):
             channel i mod ``channels`` along x, y, and the two diagonals in turn (plus 10 % noise),
             so with σ = hardtanh the layer starts as a gradient step on a Huber-smoothed
             anisotropic TV of scale α; "random": PyTorch's default convolution initialisation.
-        scale: α of the "difference" initialisation (for images in [0, 1], α ≈ 10–50 puts the
-            Huber threshold 1/α at the size of small edges).
+        scale: a fixed factor α > 0 with W = α V and V the trainable ``weight``: the layer is
+            h(u) = u − (2/(α L_V²)) Vᵀσ(α V u + b), L_V ≥ ‖V‖₂, so the optimizer moves O(1) entries
+            of V whatever α is. With the "difference" initialisation and hardtanh, α sets the TV
+            scale: the Huber threshold on a pixel difference is 1/α and the step on the TV term
+            2/(α L_V²), so a larger α makes the layer a weaker and sharper TV step.
 
     Shapes: (B, channels, H, W) -> (B, channels, H, W). Lip(h) ≤ 1 for every parameter value
     (:attr:`lipschitz_bound`); L is differentiated in grad mode and cached per weight version and
@@ -107,7 +110,7 @@ class ConvexPotentialConv2d(nn.Module):
         kernel_size: int = 3,
         activation: str = "hardtanh",
         init: str = "difference",
-        scale: float = 20.0,
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         for name, value in (("channels", channels), ("hidden", hidden), ("kernel_size", kernel_size)):
@@ -131,12 +134,13 @@ class ConvexPotentialConv2d(nn.Module):
         self.bias = conv.bias  # b: (hidden,)
         self.padding = kernel_size // 2
         self.activation = activation
+        self.scale = float(scale)
         if init == "difference":
-            self._difference_init(float(scale))
+            self._difference_init()
         self._cache: tuple[tuple, Tensor] | None = None
 
     @torch.no_grad()
-    def _difference_init(self, scale: float) -> None:
+    def _difference_init(self) -> None:
         hidden, channels, k, _ = self.weight.shape
         if k == 1:
             raise ValueError("ConvexPotentialConv2d: init='difference' needs kernel_size >= 3")
@@ -153,7 +157,7 @@ class ConvexPotentialConv2d(nn.Module):
             w[i, i % channels, pi, pj] = 1.0
             w[i, i % channels, mi, mj] = -1.0
         w += 0.1 * torch.randn_like(w) / k
-        self.weight.copy_(scale * w)
+        self.weight.copy_(w)
         self.bias.zero_()
 
     def _sigma(self, x: Tensor) -> Tensor:
@@ -167,7 +171,8 @@ class ConvexPotentialConv2d(nn.Module):
         return F.leaky_relu(x, 0.05)
 
     def norm_bound(self, spatial: tuple[int, int]) -> Tensor:
-        """L ≥ ‖W‖₂ on inputs of spatial size (H, W) (differentiable in grad mode, cached otherwise)."""
+        """L_V ≥ ‖V‖₂ on inputs of spatial size (H, W), V the trainable weight (L = α L_V ≥ ‖W‖₂);
+        differentiable in grad mode, cached otherwise."""
         w = self.weight
         spatial = (int(spatial[0]), int(spatial[1]))
         if torch.is_grad_enabled() and w.requires_grad:
@@ -179,9 +184,9 @@ class ConvexPotentialConv2d(nn.Module):
         return self._cache[1]
 
     def step_size(self, spatial: tuple[int, int]) -> float:
-        """The step 2/L² on inputs of spatial size (H, W)."""
+        """The step 2/L² = 2/(α L_V)² on inputs of spatial size (H, W)."""
         with torch.no_grad():
-            return float(2.0 / self.norm_bound(spatial) ** 2)
+            return float(2.0 / (self.scale * self.norm_bound(spatial)) ** 2)
 
     def forward(self, u: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W)
         if u.dim() != 4 or u.shape[1] != self.weight.shape[1]:
@@ -189,8 +194,8 @@ class ConvexPotentialConv2d(nn.Module):
                 f"ConvexPotentialConv2d expects (B, {self.weight.shape[1]}, H, W) input, got shape "
                 f"{tuple(u.shape)}"
             )
-        w = self.weight
-        lip = self.norm_bound((u.shape[-2], u.shape[-1]))
-        z = self._sigma(F.conv2d(u, w, self.bias, padding=self.padding))  # (B, hidden, H, W)
-        grad = F.conv_transpose2d(z, w, padding=self.padding)  # Wᵀσ(Wu + b): (B, C, H, W)
-        return u - (2.0 / lip.clamp_min(1e-12) ** 2) * grad
+        v, a = self.weight, self.scale  # W = α V
+        lip = self.norm_bound((u.shape[-2], u.shape[-1]))  # L_V
+        z = self._sigma(F.conv2d(u, a * v, self.bias, padding=self.padding))  # σ(Wu + b): (B, hidden, H, W)
+        grad = F.conv_transpose2d(z, v, padding=self.padding)  # Vᵀσ(Wu + b): (B, C, H, W)
+        return u - (2.0 / (a * lip.clamp_min(1e-12) ** 2)) * grad  # u − (2/L²) Wᵀσ(Wu + b)

@@ -4,7 +4,7 @@ Pieces for a Task wrapper (see docs/ct.md):
 
 - data: :func:`load_ellipse_splits` (seeded random-ellipse phantoms, noisy sinograms, cached
   train/val/test :class:`CTSplit` tensors), :func:`load_ct_pairs` (user .npz / HDF5 pairs);
-- models: :func:`build_ct_model` (``"ffpn"``, ``"ffpn-contractive"``, ``"unrolled"``, ``"tvs"``,
+- models: :func:`build_ct_model` (``"ffpn"``, ``"ffpn-contractive"``, ``"ffpn-potential"``, ``"unrolled"``, ``"tvs"``,
   ``"tv"``, ``"fbp"``), every one called as ``model(d) -> u``;
 - loss: :func:`reconstruction_loss` (MSE);
 - metrics: :data:`METRICS` (name -> per-sample function) with :data:`METRIC_DIRECTIONS`;
@@ -32,7 +32,14 @@ from .data import (
     random_ellipses,
 )
 from .metrics import METRIC_DIRECTIONS, mse, psnr, ssim
-from .models import FFPN, ContractiveRegulariser, DifferenceRegulariser, FeasibilityOperator, UnrolledFFPN
+from .models import (
+    FFPN,
+    ContractiveRegulariser,
+    DifferenceRegulariser,
+    FeasibilityOperator,
+    PotentialRegulariser,
+    UnrolledFFPN,
+)
 
 __all__ = [
     "FFPN",
@@ -47,6 +54,7 @@ __all__ = [
     "EllipseDataConfig",
     "FBPReconstructor",
     "FeasibilityOperator",
+    "PotentialRegulariser",
     "TVReconstructor",
     "TVSuperiorization",
     "UnrolledFFPN",
@@ -64,7 +72,7 @@ __all__ = [
 METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"psnr": psnr, "ssim": ssim, "mse": mse}
 """Per-sample metrics ``f(reconstruction, truth) -> (B,)``; directions in :data:`METRIC_DIRECTIONS`."""
 
-MODEL_KINDS = ("ffpn", "ffpn-contractive", "unrolled", "tvs", "tv", "fbp")
+MODEL_KINDS = ("ffpn", "ffpn-contractive", "ffpn-potential", "unrolled", "tvs", "tv", "fbp")
 """Kinds accepted by :func:`build_ct_model`."""
 
 
@@ -77,7 +85,8 @@ def build_ct_model(kind: str, geometry: ParallelBeamGeometry | str | int, **opti
     """A CT reconstructor called as ``model(d) -> u`` for sinograms d of ``geometry``.
 
     kind: "ffpn" (:class:`FFPN`, the paper's difference regulariser), "ffpn-contractive"
-    (:class:`FFPN` with :class:`ContractiveRegulariser`), "unrolled" (:class:`UnrolledFFPN`), "tvs"
+    (:class:`FFPN` with :class:`ContractiveRegulariser`), "ffpn-potential" (:class:`FFPN` with
+    :class:`PotentialRegulariser`), "unrolled" (:class:`UnrolledFFPN`), "tvs"
     (:class:`TVSuperiorization`), "tv" (:class:`TVReconstructor`), "fbp" (:class:`FBPReconstructor`).
     ``geometry`` may be a preset name ("paper"/"128", "small"/"64"). ``options`` go to the class
     (e.g. ``solver=fpnets.Anderson(...)``, ``backward=fpnets.IFT(...)``, ``channels=16``); an unknown
@@ -88,6 +97,8 @@ def build_ct_model(kind: str, geometry: ParallelBeamGeometry | str | int, **opti
         return FFPN(geom, **options)
     if kind == "ffpn-contractive":
         return FFPN(geom, **{"regulariser": "contractive", **options})
+    if kind == "ffpn-potential":
+        return FFPN(geom, **{"regulariser": "potential", **options})
     if kind == "unrolled":
         return UnrolledFFPN(geom, **options)
     if kind == "tvs":

@@ -19,6 +19,12 @@ Regularisers (both (B, 1, N, N) -> (B, 1, N, N)):
   residual blocks, so Lip(R) ≤ γ < 1 for every parameter value (:attr:`lipschitz_bound`). With 42
   channels and 3 blocks its convolutions have exactly the shapes of the paper's network (96,307
   parameters). With P_d nonexpansive, T is then a γ-contraction and the fixed point is unique.
+- :class:`PotentialRegulariser`: R(u) = γ h_K ∘ … ∘ h_1(u) + (1 − γ) c, each h_k a
+  :class:`fpnets.layers.ConvexPotentialConv2d` (a gradient step u − (2/L²) Wᵀσ(Wu + b) on a learned
+  convex potential, 1-Lipschitz by construction; initialised as a step on a Huber-smoothed TV) and c
+  a learned scalar (the point the γ-shrinkage pulls towards). Lip(R) ≤ γ for every parameter value,
+  so T is a γ-contraction, but unlike the averaged form R can sharpen: each layer is a learned
+  TV-like descent step, not an average with u.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch import Tensor, nn
 from ..._fixed_point import fixed_point
 from ..._solution import Solution
 from ...backward import JFB, Backward
-from ...layers import SpectralConv2d, rescale_to_gamma_
+from ...layers import ConvexPotentialConv2d, SpectralConv2d, lipschitz_estimate, rescale_to_gamma_
 from ...norms import max_channel_norm
 from ...operators.radon import ParallelBeamGeometry, RadonTransform, RelaxedProjection
 from ...solvers import Picard, Solver
@@ -40,9 +46,11 @@ from ...solvers import Picard, Solver
 __all__ = [
     "FFPN",
     "INITS",
+    "LIPSCHITZ_RULES",
     "ContractiveRegulariser",
     "DifferenceRegulariser",
     "FeasibilityOperator",
+    "PotentialRegulariser",
     "UnrolledFFPN",
     "check_sinograms",
     "default_solver",
@@ -50,6 +58,9 @@ __all__ = [
 
 INITS = ("fbp", "zeros")
 """Starting points u₀ of the fixed-point solve."""
+
+LIPSCHITZ_RULES = ("reference", "power", "none")
+"""Lipschitz rules of the paper-form F-FPN (:meth:`FFPN.after_optimizer_step`)."""
 
 
 def check_sinograms(d: Tensor, geometry: ParallelBeamGeometry, who: str) -> None:
@@ -158,6 +169,54 @@ class ContractiveRegulariser(nn.Module):
         return self.gamma * (0.5 * u + 0.5 * self.head(z))
 
 
+class PotentialRegulariser(nn.Module):
+    """R(u) = γ h_K ∘ … ∘ h_1(u) + (1 − γ) c: convex-potential layers, Lip(R) ≤ γ (module docstring).
+
+    Args:
+        channels: hidden channels of each layer's W (potential terms per pixel).
+        blocks: K, the number of layers h_k.
+        gamma: γ ∈ (0, 1).
+        activation: σ of the layers (:data:`fpnets.layers.POTENTIAL_ACTIVATIONS`; "hardtanh": Huber
+            potentials, TV-like).
+        scale: the fixed factor α of every W = α V (:class:`fpnets.layers.ConvexPotentialConv2d`;
+            with the finite-difference initialisation, the Huber threshold is 1/α and the TV step
+            about 1/(4α) per layer).
+        kernel_size: odd size of W's kernel.
+    """
+
+    def __init__(
+        self,
+        channels: int = 8,
+        blocks: int = 4,
+        gamma: float = 0.99,
+        activation: str = "hardtanh",
+        scale: float = 2000.0,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(gamma, (int, float)) and 0.0 < gamma < 1.0):
+            raise ValueError(f"PotentialRegulariser: gamma (γ) must lie in (0, 1), got {gamma!r}")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"PotentialRegulariser: blocks must be a positive integer, got {blocks!r}")
+        self.gamma = float(gamma)
+        self.layers = nn.ModuleList(
+            ConvexPotentialConv2d(1, channels, kernel_size, activation=activation, scale=scale)
+            for _ in range(blocks)
+        )
+        self.centre = nn.Parameter(torch.zeros(()))  # c
+
+    @property
+    def lipschitz_bound(self) -> float:
+        """γ: Lip(R) ≤ γ · Π Lip(h_k) ≤ γ for every parameter value."""
+        return self.gamma
+
+    def forward(self, u: Tensor) -> Tensor:  # (B, 1, N, N) -> (B, 1, N, N)
+        z = u
+        for layer in self.layers:
+            z = layer(z)
+        return self.gamma * z + (1.0 - self.gamma) * self.centre
+
+
 class FeasibilityOperator(nn.Module):
     """T(u; d) = P_d(R_Θ(u)): (B, 1, N, N), (B, 1, K, D) -> (B, 1, N, N)."""
 
@@ -176,14 +235,22 @@ def default_solver(tol: float = 5e-3, max_iter: int = 100) -> Picard:
     return Picard(tol=tol, max_iter=max_iter, norm=max_channel_norm)
 
 
+REGULARISERS = ("difference", "contractive", "potential")
+"""Names of the built-in regularisers R_Θ."""
+
+
 def _make_regulariser(
-    kind: str, channels: int, blocks: int | None, gamma: float, negative_slope: float
+    kind: str, channels: int, blocks: int | None, gamma: float, negative_slope: float, **extra: object
 ) -> nn.Module:
+    if kind != "potential" and extra:
+        raise TypeError(f"the {kind} regulariser takes no option {', '.join(sorted(extra))}")
     if kind == "difference":
         return DifferenceRegulariser(channels, 4 if blocks is None else blocks, negative_slope)
     if kind == "contractive":
         return ContractiveRegulariser(channels, 3 if blocks is None else blocks, gamma, negative_slope)
-    raise ValueError(f"unknown regulariser {kind!r}; valid regularisers: difference, contractive")
+    if kind == "potential":
+        return PotentialRegulariser(channels, 4 if blocks is None else blocks, gamma, **extra)  # type: ignore[arg-type]
+    raise ValueError(f"unknown regulariser {kind!r}; valid regularisers: {', '.join(REGULARISERS)}")
 
 
 class _CTReconstructor(nn.Module):
@@ -201,6 +268,7 @@ class _CTReconstructor(nn.Module):
         fbp_filter: str,
         relaxation: float,
         weighting: Literal["landweber", "sart"],
+        regulariser_options: dict[str, object] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(geometry, ParallelBeamGeometry):
@@ -213,7 +281,9 @@ class _CTReconstructor(nn.Module):
         reg = (
             regulariser
             if isinstance(regulariser, nn.Module)
-            else _make_regulariser(regulariser, channels, blocks, gamma, negative_slope)
+            else _make_regulariser(
+                regulariser, channels, blocks, gamma, negative_slope, **(regulariser_options or {})
+            )
         )
         self.operator = FeasibilityOperator(reg, self.projection)
         self.init = init
@@ -249,22 +319,31 @@ class FFPN(_CTReconstructor):
 
     Args:
         geometry: the scan; sinograms must be (B, 1, n_angles, n_detectors).
-        regulariser: "difference" (the paper's, default), "contractive", or an ``nn.Module``
-            mapping (B, 1, N, N) to itself.
+        regulariser: "difference" (the paper's, default), "contractive", "potential", or an
+            ``nn.Module`` mapping (B, 1, N, N) to itself.
         channels, blocks, gamma, negative_slope: options of the built regulariser (blocks default:
-            4 for "difference", 3 for "contractive"; γ is the contraction factor of the contractive
-            one and the target of the reference rule, 0.99 as in the authors' code).
+            4 for "difference" and "potential", 3 for "contractive"; γ is the contraction factor of
+            the contractive and potential ones and the target of the reference rule, 0.99 as in the
+            authors' code).
         solver: a :class:`fpnets.Solver` (default :func:`default_solver`: Picard, tol 5e-3 on
             max_p |Δu|, 100 iterations).
         backward: a :class:`fpnets.Backward` (default :class:`fpnets.JFB`).
         init: u₀, "fbp" (Hann-filtered FBP clipped to [0, 1], default) or "zeros".
         relaxation, weighting: of P_d (:class:`fpnets.operators.radon.RelaxedProjection`).
         lipschitz: "reference" (the authors' rescaling rule in :meth:`after_optimizer_step`;
-            default for the "difference" regulariser) or "none" (default otherwise).
+            default for the "difference" regulariser), "power" (the same rescaling, driven by a
+            power-iteration estimate of ‖∂T/∂u‖₂ at the fixed point, target 1) or "none" (default
+            otherwise).
         warn: warn when a solve stops at its cap.
+        activation, scale: of the "potential" regulariser (:class:`PotentialRegulariser`).
 
     After a forward, ``self.solution`` holds the (detached) :class:`fpnets.Solution`.
     """
+
+    POWER_SAMPLES = 4
+    """Samples of the last training batch at which :meth:`power_rule` estimates ‖∂T/∂u‖₂."""
+    POWER_ITERATIONS = 6
+    """Power-iteration steps of :meth:`power_rule`."""
 
     def __init__(
         self,
@@ -283,7 +362,15 @@ class FFPN(_CTReconstructor):
         weighting: Literal["landweber", "sart"] = "landweber",
         lipschitz: str | None = None,
         warn: bool = False,
+        activation: str | None = None,
+        scale: float | None = None,
     ) -> None:
+        options = {k: v for k, v in (("activation", activation), ("scale", scale)) if v is not None}
+        if options and regulariser != "potential":
+            raise TypeError(
+                f"FFPN: {', '.join(options)} apply to the potential regulariser only (regulariser="
+                f"{regulariser!r}); leave them unset"
+            )
         super().__init__(
             geometry,
             regulariser,
@@ -295,6 +382,7 @@ class FFPN(_CTReconstructor):
             fbp_filter,
             relaxation,
             weighting,
+            options,
         )
         if solver is not None and not isinstance(solver, Solver):
             raise TypeError(f"solver must be a fpnets Solver (Picard, Anderson), got {solver!r}")
@@ -306,13 +394,15 @@ class FFPN(_CTReconstructor):
         self.backward_mode = JFB() if backward is None else backward
         if lipschitz is None:
             lipschitz = "reference" if isinstance(self.regulariser, DifferenceRegulariser) else "none"
-        if lipschitz not in ("reference", "none"):
-            raise ValueError(f"unknown lipschitz mode {lipschitz!r}; valid modes: reference, none")
-        if lipschitz == "reference" and not (
+        if lipschitz not in LIPSCHITZ_RULES:
+            raise ValueError(
+                f"unknown lipschitz mode {lipschitz!r}; valid modes: {', '.join(LIPSCHITZ_RULES)}"
+            )
+        if lipschitz != "none" and not (
             hasattr(self.regulariser, "rescalable_parameters") and hasattr(self.regulariser, "num_blocks")
         ):
             raise ValueError(
-                "lipschitz='reference' needs a regulariser with rescalable_parameters() and num_blocks "
+                f"lipschitz={lipschitz!r} needs a regulariser with rescalable_parameters() and num_blocks "
                 "(DifferenceRegulariser has both); pass lipschitz='none' otherwise"
             )
         self.lipschitz = lipschitz
@@ -328,13 +418,50 @@ class FFPN(_CTReconstructor):
             self.operator, z0, d, solver=self.solver, backward=self.backward_mode, warn=self.warn
         )
         self.solution = sol.detached()
-        if self.training and self.lipschitz == "reference":
+        if self.training and self.lipschitz != "none":
             self._rescale_point = (sol.value.detach(), d.detach())
         return sol.value
 
-    @torch.no_grad()
     def after_optimizer_step(self, noise: float = 0.05) -> float | None:
-        """The authors' Lipschitz rule, to call after every ``optimizer.step()`` (lipschitz="reference").
+        """The Lipschitz rule, to call after every ``optimizer.step()``: :meth:`reference_rule`
+        (lipschitz="reference") or :meth:`power_rule` (lipschitz="power"); returns the measured ratio,
+        or None when nothing was measured."""
+        if self.lipschitz == "power":
+            return self.power_rule()
+        return self.reference_rule(noise)
+
+    def power_rule(self) -> float | None:
+        """A Lipschitz rule on the worst direction instead of a random one (lipschitz="power").
+
+        At the fixed points u and sinograms d of the last training forward (its first
+        :attr:`POWER_SAMPLES` samples), estimates ρ = max_b ‖∂T/∂u (u_b; d_b)‖₂ by
+        :attr:`POWER_ITERATIONS` steps of power iteration on JᵀJ (:func:`fpnets.layers.lipschitz_estimate`,
+        a lower bound that approaches the norm), and if ρ > 1 multiplies every block's weights and
+        biases by (1/ρ)^(1/blocks), as the reference rule does. The target is 1, not γ: at the
+        solutions P_d alone has ‖∂P_d‖₂ ≈ 0.997 (directions close to the null space of A, where P_d
+        is the identity), so no rescaling of R_Θ brings the estimate below γ = 0.99 and such a
+        target would shrink R_Θ at every step. Keeps T locally nonexpansive at the training
+        solutions; a heuristic, not a bound. The random start comes from a forked random state.
+        """
+        if self.lipschitz != "power" or self._rescale_point is None:
+            return None
+        u, d = self._rescale_point
+        self._rescale_point = None
+        u, d = u[: self.POWER_SAMPLES], d[: self.POWER_SAMPLES]
+        devices = [u.device] if u.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            rho = float(
+                lipschitz_estimate(lambda z: self.operator(z, d), u, iters=self.POWER_ITERATIONS).max()
+            )
+        reg = self.regulariser
+        with torch.no_grad():
+            if rescale_to_gamma_(reg.rescalable_parameters(), rho, 1.0, reg.num_blocks):  # type: ignore[union-attr]
+                self.rescales += 1
+        return rho
+
+    @torch.no_grad()
+    def reference_rule(self, noise: float = 0.05) -> float | None:
+        """The authors' Lipschitz rule (lipschitz="reference").
 
         At the fixed point u and sinogram d of the last training forward, draws w = u + δ with
         δ = noise · N(0, I) and measures ρ = mean_p |T(w; d) − T(u; d)| / mean_p |δ| (mean over batch

@@ -9,7 +9,8 @@ Learn a reconstruction u ≈ N_Θ(d) of an image u from its noisy parallel-beam 
   and u (B, 1, N, N);
 - models: :func:`~fpnets.tasks.ct.build_ct_model`; ``model.variant`` = ffpn (the paper's F-FPN,
   u* = P_d(R_Θ(u*)) with the difference regulariser), contractive (the F-FPN with a γ-contractive
-  R_Θ), unrolled (K steps of the same T, backpropagated), tvs (TV superiorisation with two
+  averaged R_Θ), potential (the F-FPN with R_Θ = γ · convex-potential layers, γ-contractive and
+  TV-like), unrolled (K steps of the same T, backpropagated), tvs (TV superiorisation with two
   trainable scalars); fbp and tv are evaluation-only baselines (no parameters), built by
   :meth:`CTTask.build_baseline` with the FBP filter and the TV weight λ chosen on validation;
 - loss: :func:`~fpnets.tasks.ct.reconstruction_loss` (MSE over batch and pixels);
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from ..._errors import ConfigError
 from ..._fixed_point import fixed_point
+from ...layers import POTENTIAL_ACTIVATIONS
 from ...norms import max_channel_norm
 from ...operators.radon import FILTERS, ParallelBeamGeometry, geometry_preset
 from .._base import (
@@ -51,7 +53,7 @@ from .._base import (
 from .baselines import FBPReconstructor, TVReconstructor
 from .data import EllipseDataConfig, load_ct_pairs, load_ellipse_splits
 from .metrics import mse, psnr, ssim
-from .models import FFPN, UnrolledFFPN
+from .models import FFPN, LIPSCHITZ_RULES, UnrolledFFPN
 
 __all__ = [
     "BASELINES",
@@ -69,6 +71,7 @@ __all__ = [
 VARIANTS: dict[str, str] = {
     "ffpn": "ffpn",
     "contractive": "ffpn-contractive",
+    "potential": "ffpn-potential",
     "unrolled": "unrolled",
     "tvs": "tvs",
     "fbp": "fbp",
@@ -87,6 +90,7 @@ _REGULARISER = ("channels", "blocks", "negative_slope", "init", "fbp_filter", "r
 VARIANT_KEYS: dict[str, tuple[str, ...]] = {
     "ffpn": (*_REGULARISER, "gamma", "lipschitz"),
     "contractive": (*_REGULARISER, "gamma"),
+    "potential": ("channels", "blocks", "gamma", "activation", "scale", *_REGULARISER[3:]),
     "unrolled": (*_REGULARISER, "steps"),
     "tvs": ("iterations", "step", "decay", "eps", "init", "fbp_filter", "relaxation", "weighting"),
     "tv": ("lam", "iterations"),
@@ -206,15 +210,20 @@ class CTModel(ModelConfig):
     the chosen variant does not take must stay unset (:data:`VARIANT_KEYS`)."""
 
     variant: str = "ffpn"
-    """ffpn (the paper's F-FPN), contractive (F-FPN with a γ-contractive R_Θ), unrolled (K steps of
+    """ffpn (the paper's F-FPN), contractive (F-FPN with a γ-contractive R_Θ), potential (F-FPN with
+    R_Θ = γ · convex-potential layers, γ-contractive and TV-like), unrolled (K steps of
     the same T, same parameters), tvs (TV superiorisation, 2 parameters); fbp and tv are
     evaluation-only baselines. Selects the ``[variants.<name>]`` table too."""
     channels: int | None = None
     """Hidden channels of R_Θ (42 in the paper)."""
     blocks: int | None = None
-    """Residual blocks of R_Θ (difference: 4, contractive: 3)."""
+    """Residual blocks of R_Θ (difference: 4, contractive: 3), or layers h_k (potential: 4)."""
     gamma: float | None = None
-    """γ: Lip(R_Θ) ≤ γ < 1 for contractive; the reference rule's target for ffpn (0.99)."""
+    """γ: Lip(R_Θ) ≤ γ < 1 for contractive and potential; the reference rule's target for ffpn (0.99)."""
+    activation: str | None = None
+    """potential: σ of the convex-potential layers ("hardtanh": Huber potentials, TV-like)."""
+    scale: float | None = None
+    """potential: the fixed factor α of W = α V in every layer (300; Huber threshold 1/α)."""
     negative_slope: float | None = None
     """LeakyReLU slope (0.05)."""
     init: str | None = None
@@ -226,7 +235,9 @@ class CTModel(ModelConfig):
     weighting: str | None = None
     """P_d's preconditioner: "landweber" (Euclidean-nonexpansive) or "sart"."""
     lipschitz: str | None = None
-    """ffpn: "reference" (the authors' rescaling rule after every step, default) or "none"."""
+    """ffpn: "reference" (the authors' rescaling rule after every step, default), "power" (the same
+    rescaling driven by a power-iteration estimate of ‖∂T/∂u‖₂ at the fixed point, target 1) or
+    "none"."""
     steps: int | None = None
     """K, the unrolled network's steps (20)."""
     iterations: int | None = None
@@ -249,7 +260,8 @@ class CTModel(ModelConfig):
         "init": ("fbp", "zeros"),
         "fbp_filter": tuple(FILTERS),
         "weighting": ("landweber", "sart"),
-        "lipschitz": ("reference", "none"),
+        "lipschitz": LIPSCHITZ_RULES,
+        "activation": POTENTIAL_ACTIVATIONS,
     }
 
     def check(self) -> None:
@@ -266,7 +278,7 @@ class CTModel(ModelConfig):
             )
         if self.gamma is not None and not 0 < self.gamma < 1:
             raise ConfigError(f"model.gamma must lie in (0, 1), got {self.gamma}")
-        for key in ("step", "eps", "lam"):
+        for key in ("step", "eps", "lam", "scale"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"model.{key} must be > 0, got {value}")
@@ -431,7 +443,7 @@ class CTTask(Task):
             )
         options = m.options()
         backward = cfg.backward.spec()
-        if m.variant in ("ffpn", "contractive"):
+        if m.variant in ("ffpn", "contractive", "potential"):
             try:
                 options["solver"] = solver_from_spec(cfg.solver.spec(), FFPN_SOLVER_DEFAULTS)
                 if backward is not None:
@@ -474,7 +486,7 @@ class CTTask(Task):
 
     def epoch_stats(self, model: nn.Module) -> dict[str, float | None]:
         # how often the reference rule has rescaled R_Θ so far (None: the model has no such rule)
-        if isinstance(model, FFPN) and model.lipschitz == "reference":
+        if isinstance(model, FFPN) and model.lipschitz != "none":
             return {"rescales": model.rescales}
         return {"rescales": None}
 
@@ -541,6 +553,7 @@ class CTTask(Task):
         return {
             "ffpn": "F-FPN",
             "contractive": "F-FPN (contractive)",
+            "potential": "F-FPN (potential)",
             "unrolled": "unrolled",
             "tvs": "TV superiorisation",
         }.get(self.config.model.variant, self.config.model.variant)
