@@ -27,7 +27,9 @@ Timing: every (method, K) configuration is built first; then ``--warmup`` untime
 rows see the same machine state). "T calls (fwd)": applications of T in the forward pass of the
 instrumented step (the solve's K plus the one with a graph for JFB and IFT); "depth": the mean
 evaluations per sample over the timed steps (below K only where a sample reached an exact float
-fixed point and froze). Reported: the median step in ms (and min/max), and the time per
+fixed point and froze); "last change": max over the batch of max_p |u_K − u_{K−1}|_p at the end of
+that forward pass (the reference stopping norm; 5e-3 is the shipped tolerance), which says whether
+K iterations reached the fixed point. Reported: the median step in ms (and min/max), and the time per
 epoch EXTRAPOLATED as median step × steps per epoch, an epoch being ceil(``--epoch-images`` /
 batch) steps (default: the shipped config's 2000 training images, 125 steps). With ``--epoch`` the
 timed rounds are instead one whole pass over the ``--train-images`` split, and the sum of those
@@ -240,6 +242,7 @@ class Trainer:
                     counter.__exit__(None, None, None)
             peak = cuda_peak(self.device)
         sol = getattr(self.model, "solution", None)
+        change = sol.residual if sol is not None else getattr(self.model, "last_step_change", None)
         self.memory = {
             "cpu_peak_bytes": cpu_peak,
             "cuda_peak_bytes": peak,
@@ -251,6 +254,8 @@ class Trainer:
             "forward_T_graph_calls": probe.fwd_graph_calls if counter is not None else None,
             "solve_evaluations": sol.evaluations if sol is not None else None,
             "exact_fixed_points": int((sol.residual == 0).sum()) if sol is not None else 0,
+            # max over samples of max_p |u_K − u_{K−1}|_p (the reference norm) at the end of the forward
+            "last_change_max": None if change is None else float(change.max()),
         }
 
     def peak_bytes(self) -> int | None:
@@ -340,6 +345,7 @@ def table(rows: list[dict[str, Any]], cuda: bool, epoch: bool) -> str:
         "K",
         "T calls (fwd)",
         "depth",
+        "last change",
         "ms / step (median)",
         "min–max",
         f"s / epoch ({steps} steps, extrap.)",
@@ -361,6 +367,7 @@ def table(rows: list[dict[str, Any]], cuda: bool, epoch: bool) -> str:
                 r["depth"],
                 "—" if calls is None else calls,
                 f"{r['mean_depth']:.2f}",
+                fmt(r["last_change_max"], ".1e"),
                 f"{r['step_ms_median']:.0f}",
                 f"{r['step_ms_min']:.0f}–{r['step_ms_max']:.0f}",
                 f"{r['epoch_s_extrapolated']:.1f}",

@@ -75,6 +75,8 @@ def test_depth_is_what_was_asked(result: dict[str, Any]) -> None:
             assert r["solve_evaluations"] == r["depth"] and 0 < r["mean_depth"] <= r["depth"]
             assert r["forward_T_calls"] == r["depth"] + 1 and r["forward_T_graph_calls"] == 1
             assert r["settings"]["model"] == "FFPN" and method.upper() in r["settings"]["backward"]
+    for r in result["rows"]:  # max_p |u_K − u_{K−1}|_p of the instrumented forward: measured, finite
+        assert 0 <= r["last_change_max"] < float("inf")
     for r in rows_of(result, "unrolled"):
         assert r["forward_T_calls"] == r["forward_T_graph_calls"] == r["depth"]
         assert r["settings"]["model"] == "UnrolledFFPN" and r["settings"]["steps"] == r["depth"]
