@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPTHS = (2, 4, 8)
@@ -27,6 +28,7 @@ METHODS = ("jfb", "ift", "unrolled")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     bench = ROOT / "benchmarks"
     sys.path.insert(0, str(bench))  # the script imports its sibling ``common``
+    had_common, threads = "common" in sys.modules, torch.get_num_threads()
     try:
         spec = importlib.util.spec_from_file_location("ct_backward_bench", bench / "ct_backward.py")
         assert spec is not None and spec.loader is not None
@@ -37,8 +39,11 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         args = ["--quick", "--threads", "1", "--data-dir", str(tmp / "data"), "--json", str(out)]
         args += ["--adjoint-max-iter", "10"]  # the untrained network's adjoint misses 1e-6: cap it, for speed
         returned = module.main(args)
-    finally:
+    finally:  # leave the test process as it was: path, modules, torch threads
         sys.path.remove(str(bench))
+        if not had_common:
+            sys.modules.pop("common", None)
+        torch.set_num_threads(threads)
     written = json.loads(out.read_text())
     assert written["rows"] == json.loads(json.dumps(returned["rows"], default=str))
     return written
