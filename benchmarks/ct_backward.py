@@ -16,7 +16,8 @@ The ``ct`` task's bundled ``ct-ellipses`` config (64 × 64 images, 30 angles, 91
 The F-FPN and the unrolled network start from the same weights (``train.seed``). A training step is
 what ``fpnets train`` does per batch: ``fpnets.train.train_step`` (forward, MSE, backward, Adam
 step) and the task's ``after_step`` hook (for the F-FPN the reference Lipschitz rule: two more
-graph-free applications of T; ``--lipschitz none`` drops it; a no-op for the unrolled network).
+graph-free applications of T; ``--lipschitz none`` drops it, ``--lipschitz NAME`` picks another
+rule of ``model.lipschitz``; a no-op for the unrolled network).
 
 Data: the shipped data config's ellipses with a smaller training split (``--train-images``, default
 256; generated once and cached under ``--data-dir``); every configuration cycles through the same
@@ -76,7 +77,7 @@ import torch
 from torch import nn
 
 import fpnets
-from fpnets.train import load_config, train_step
+from fpnets.train import ConfigError, load_config, train_step
 
 from common import (
     RESULTS,
@@ -389,12 +390,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = script_parser(__doc__)
     p.add_argument("--config", default=CONFIG, help="the ct config (default: the bundled ct-ellipses)")
     p.add_argument("--data-dir", default=None, help="where the generated ellipses are cached")
-    p.add_argument("--train-images", type=int, default=256, help="training images generated (default 256)")
+    p.add_argument("--train-images", type=int, default=None, help="training images generated (default 256)")
     p.add_argument("--batch-size", type=int, default=0, help="batch size (default: the config's, 16)")
-    p.add_argument("--depths", default="5,10,20,40", help="comma-separated depths K (default 5,10,20,40)")
+    p.add_argument("--depths", default=None, help="comma-separated depths K (default 5,10,20,40)")
     p.add_argument("--methods", default=",".join(METHODS), help="subset of " + ", ".join(METHODS))
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2)")
     p.add_argument("--epoch", action="store_true", help="time one whole pass over the training split")
     p.add_argument(
         "--epoch-images",
@@ -404,9 +405,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--lipschitz",
-        choices=("reference", "none"),
         default=None,
-        help="the F-FPN's Lipschitz rule after each step (default: the config's, reference)",
+        metavar="RULE",
+        help="the F-FPN's model.lipschitz rule after each step, e.g. reference, none (default: the "
+        "config's, reference); the config checks the name",
     )
     p.add_argument(
         "--adjoint-tol",
@@ -423,12 +425,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="smoke test: 32×32 images, 12 angles, 4 channels, batch 4, 8 images, depths 2,4,8, "
-        "1 warm-up and 2 timed rounds",
+        "1 warm-up and 2 timed rounds (options given explicitly win)",
     )
     p.add_argument("--json", default=str(RESULTS / "ct_backward.json"), help="JSON output ('' for none)")
     args = p.parse_args(argv)
+    # what the user did not set: the defaults, or the tiny ones of --quick
+    defaults = {"train_images": 256, "depths": "5,10,20,40", "warmup": 2, "repeats": 10}
     if args.quick:
-        args.train_images, args.depths, args.warmup, args.repeats = 8, "2,4,8", 1, 2
+        defaults = {"train_images": 8, "depths": "2,4,8", "warmup": 1, "repeats": 2}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
 
 
@@ -450,8 +457,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"warning: {w}", file=sys.stderr, flush=True)
 
     t_setup = time.perf_counter()
-    batches, data = load_batches(args, device)
-    trainers = [Trainer(m, k, args, batches, device) for k in depths for m in methods]
+    try:
+        batches, data = load_batches(args, device)
+        trainers = [Trainer(m, k, args, batches, device) for k in depths for m in methods]
+    except ConfigError as exc:
+        raise SystemExit(f"ct_backward.py: {exc}") from None
     setup_s = time.perf_counter() - t_setup
     for _ in range(args.warmup):
         for tr in trainers:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,25 +27,31 @@ METHODS = ("jfb", "ift", "unrolled")
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    bench = ROOT / "benchmarks"
-    sys.path.insert(0, str(bench))  # the script imports its sibling ``common``
+def bench() -> Iterator[ModuleType]:
+    """benchmarks/ct_backward.py as a module; the test process is left as it was afterwards."""
+    folder = ROOT / "benchmarks"
+    sys.path.insert(0, str(folder))  # the script imports its sibling ``common``
     had_common, threads = "common" in sys.modules, torch.get_num_threads()
     try:
-        spec = importlib.util.spec_from_file_location("ct_backward_bench", bench / "ct_backward.py")
+        spec = importlib.util.spec_from_file_location("ct_backward_bench", folder / "ct_backward.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        tmp = tmp_path_factory.mktemp("ct_backward")
-        out = tmp / "ct_backward.json"
-        args = ["--quick", "--threads", "1", "--data-dir", str(tmp / "data"), "--json", str(out)]
-        args += ["--adjoint-max-iter", "10"]  # the untrained network's adjoint misses 1e-6: cap it, for speed
-        returned = module.main(args)
-    finally:  # leave the test process as it was: path, modules, torch threads
-        sys.path.remove(str(bench))
+        yield module
+    finally:
+        sys.path.remove(str(folder))
         if not had_common:
             sys.modules.pop("common", None)
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def result(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ct_backward")
+    out = tmp / "ct_backward.json"
+    args = ["--quick", "--threads", "1", "--data-dir", str(tmp / "data"), "--json", str(out)]
+    args += ["--adjoint-max-iter", "10"]  # the untrained network's adjoint misses 1e-6: cap it, for speed
+    returned = bench.main(args)
     written = json.loads(out.read_text())
     assert written["rows"] == json.loads(json.dumps(returned["rows"], default=str))
     return written
@@ -115,3 +123,13 @@ def test_unrolled_memory_grows_linearly(result: dict[str, Any]) -> None:
     p = [r["peak_bytes"] for r in unrolled]
     assert p[2] > 2.5 * p[0], f"the unrolled network's peak allocation should grow with K: {p}"
     assert p[2] > 3 * jfb[-1]["peak_bytes"]
+
+
+def test_bad_options_name_the_problem(bench: ModuleType, tmp_path: Path) -> None:
+    base = ["--quick", "--threads", "1", "--data-dir", str(tmp_path), "--json", ""]
+    with pytest.raises(SystemExit, match=r"model\.lipschitz must be one of"):
+        bench.main([*base, "--lipschitz", "bogus"])
+    with pytest.raises(SystemExit, match="--depths must be positive integers"):
+        bench.main([*base, "--depths", "0,4"])
+    with pytest.raises(SystemExit, match=r"unknown or no method\(s\) \['bfgs'\]"):
+        bench.main([*base, "--methods", "jfb,bfgs"])
