@@ -389,3 +389,19 @@ def test_runs_without_tqdm(splits, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
     train(tiny("train.epochs=1", "run.plots=false"), run_dir=tmp_path / "r", splits=splits, progress=True)
     assert capsys.readouterr() == ("", "")
+
+
+def test_final_validation_reuses_the_selected_epochs_numbers(reference, splits, monkeypatch) -> None:
+    # the result's val is the best epoch's own validation, not a second pass over the split: it
+    # equals a fresh evaluation of the best checkpoint, and a run validates once per epoch
+    fresh = evaluate_checkpoint(reference.run_dir, split="val", splits=splits, device="cpu")
+    assert {k: fresh[k] for k in reference.val} == reference.val
+    best = reference.history[reference.best_epoch - 1]
+    assert reference.val["acc"] == best["val_acc"] and reference.val["loss"] == best["val_loss"]
+    import fpnets.train._loop as loop
+
+    calls = []
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train(tiny("train.epochs=2"), run_dir=reference.run_dir.parent / "twice", splits=splits, progress=False)
+    assert len(calls) == 2 + 1  # validation after each epoch, then the test split once

@@ -283,6 +283,7 @@ class _Trainer:
         )
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        self.best_val: dict[str, Any] | None = None  # the best epoch's validation stats, this process
         self.best_state: dict[str, Tensor] | None = None
         self.bad_epochs = 0
         self.stopped_early = False
@@ -576,6 +577,7 @@ class _Trainer:
             keep |= {f"val_{m.name}" for m in type(self.task).metrics}
             self.best = {k: record[k] for k in record if k in keep}
             self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            self.best_val = copy.deepcopy(val)
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
@@ -651,7 +653,9 @@ class _Trainer:
         if self.best is None:
             val, test, best_epoch = self._empty("val"), self._empty("test"), 0
         else:
-            val = self._evaluate(self.val_loader)
+            # the best weights were validated when they were selected (eval mode is deterministic):
+            # reuse those numbers; a resumed run, which has only the record, validates again
+            val = self.best_val if self.best_val is not None else self._evaluate(self.val_loader)
             test = self._evaluate(self.test_loader)
             best_epoch = int(self.best["epoch"])
         if rt.is_main:
