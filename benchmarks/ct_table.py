@@ -11,13 +11,23 @@ the training time (the sum of the run's epoch times in metrics.csv), the reconst
 image (wall clock of the no-grad forward over the test split / its size, in this process), for the
 F-FPNs the fraction of test solves that met the tolerance and the mean iterations, the proven
 Lipschitz bound of T (contractive form) and the authors' one-direction estimate
-ρ = mean|T(u+δ) − T(u)| / mean|δ| at the test fixed points (δ = 0.05 N(0, I)). Times are wall
+ρ = mean|T(u+δ) − T(u)| / mean|δ| at the test fixed points (δ = 0.05 N(0, I)), and, with
+``--lipschitz``, the power-iteration estimate of ‖∂T/∂u‖₂ (Euclidean) at every test solution
+(:func:`fpnets.layers.lipschitz_estimate`, 30 steps: a lower bound of the local Lipschitz constant;
+above 1 means T expands in some direction there). ``--max-iter N`` (with ``--damping``) replaces the
+F-FPN runs' solver cap (and Krasnosel'skii–Mann damping of Picard) for diagnosis. Times are wall
 clock on whatever machine runs this, so indicative only on a shared one.
+
+    python benchmarks/ct_table.py --runs RUN --max-iter 300 --lipschitz --data-dir DIR --out FILE
+
+``--untrained VARIANT ...`` adds the variants of ``--config`` at their initialisation (seeded with
+``train.seed``, no training), e.g. the potential F-FPN, whose untrained R_Θ is a Huber-TV step.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -26,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fpnets.layers import lipschitz_estimate
 from fpnets.tasks.ct import FFPN
 from fpnets.tasks.ct.metrics import mse, psnr, ssim
 from fpnets.tasks.ct.task import CTTask
@@ -40,10 +51,13 @@ def _stats(values: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, sinograms: Tensor, images: Tensor, batch_size: int) -> dict[str, Any]:
-    """Per-image metrics, wall-clock time, convergence and ρ of ``model`` on (d, u) pairs."""
+def evaluate_model(
+    model: nn.Module, sinograms: Tensor, images: Tensor, batch_size: int, lipschitz: bool = False
+) -> dict[str, Any]:
+    """Per-image metrics, wall-clock time, convergence and ρ of ``model`` on (d, u) pairs; with
+    ``lipschitz``, the power-iteration estimate of ‖∂T/∂u‖₂ at every solution (F-FPNs)."""
     model.eval()
-    outs, converged, iterations, ratios = [], [], [], []
+    outs, converged, iterations, ratios, lips = [], [], [], [], []
     elapsed = 0.0
     for start in range(0, sinograms.shape[0], batch_size):
         d = sinograms[start : start + batch_size]  # (B, 1, K, D)
@@ -59,6 +73,11 @@ def evaluate_model(model: nn.Module, sinograms: Tensor, images: Tensor, batch_si
             delta = 0.05 * torch.randn(u.shape, generator=torch.Generator().manual_seed(start), dtype=u.dtype)
             diff = model.operator(u + delta, d) - model.operator(u, d)
             ratios.append(float(diff.abs().mean() / delta.abs().mean()))
+            if lipschitz:
+                gen = torch.Generator().manual_seed(start)
+                lips.append(
+                    lipschitz_estimate(lambda z, d=d: model.operator(z, d), u, iters=30, generator=gen)
+                )
     u = torch.cat(outs)
     truth = images.to(torch.float64)
     n = u.shape[0]
@@ -74,10 +93,25 @@ def evaluate_model(model: nn.Module, sinograms: Tensor, images: Tensor, batch_si
         out["iterations_mean"] = float(torch.cat(iterations).mean())
     if ratios:
         out["rho_estimate"] = sum(ratios) / len(ratios)
+    if lips:
+        lip = torch.cat(lips).to(torch.float64)  # (n,)
+        out["jacobian_norm"] = {
+            "median": float(lip.median()),
+            "max": float(lip.max()),
+            "min": float(lip.min()),
+            "fraction_above_1": float((lip > 1).double().mean()),
+        }
     return out
 
 
-def evaluate_run(run_dir: Path, data_dir: str | None) -> tuple[dict[str, Any], CTTask, Any]:
+def evaluate_run(
+    run_dir: Path,
+    data_dir: str | None,
+    *,
+    max_iter: int | None = None,
+    damping: float | None = None,
+    lipschitz: bool = False,
+) -> tuple[dict[str, Any], CTTask, Any]:
     ckpt = load_checkpoint(run_dir, "best")
     config = config_from_dict(ckpt.meta["config"])
     task = config.make_task()
@@ -86,8 +120,13 @@ def evaluate_run(run_dir: Path, data_dir: str | None) -> tuple[dict[str, Any], C
     splits = task.load_splits(data_dir)
     model = task.build_model()
     model.load_state_dict(ckpt.model)
+    if isinstance(model, FFPN) and (max_iter is not None or damping is not None):
+        changes: dict[str, Any] = {} if max_iter is None else {"max_iter": max_iter}
+        if damping is not None:
+            changes["damping"] = damping
+        model.solver = dataclasses.replace(model.solver, **changes)  # type: ignore[type-var]
     test = splits.test
-    result = evaluate_model(model, test.inputs[0], test.target, config.data.eval_batch_size)
+    result = evaluate_model(model, test.inputs[0], test.target, config.data.eval_batch_size, lipschitz)
     rows = read_metrics_csv(run_dir / "metrics.csv")
     result.update(
         {
@@ -103,6 +142,31 @@ def evaluate_run(run_dir: Path, data_dir: str | None) -> tuple[dict[str, Any], C
         }
     )
     return result, task, splits
+
+
+def evaluate_untrained(
+    config_name: str, variant: str, splits: Any, lipschitz: bool = False
+) -> dict[str, Any]:
+    """``variant`` of ``config_name`` at its initialisation (no training), on the test split."""
+    from fpnets.train import load_config
+
+    config = load_config(config_name, [f"model.variant={variant}"])
+    task = config.make_task()
+    torch.manual_seed(config.train.seed)
+    model = task.build_model()
+    test = splits.test
+    result = evaluate_model(model, test.inputs[0], test.target, config.data.eval_batch_size, lipschitz)
+    result.update(
+        {
+            "method": f"{variant} (untrained)",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_seconds": 0.0,
+            "lipschitz_bound": getattr(model, "lipschitz_bound", None),
+            "solver": repr(getattr(model, "solver", None)) if isinstance(model, FFPN) else None,
+            "config": config.to_toml(),
+        }
+    )
+    return result
 
 
 def evaluate_baselines(task: CTTask, splits: Any) -> list[dict[str, Any]]:
@@ -140,10 +204,18 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=[], type=Path, help="run directories of CT runs")
     parser.add_argument("--baselines", action="store_true", help="also evaluate FBP and TV")
     parser.add_argument(
+        "--untrained", nargs="*", default=[], help="variants of --config evaluated at their initialisation"
+    )
+    parser.add_argument(
         "--config", default="ct-ellipses", help="config for the baselines when no run is given"
     )
     parser.add_argument("--data-dir", default=None, help="where the CT data are cached")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-iter", type=int, default=None, help="override the F-FPN runs' solver cap")
+    parser.add_argument("--damping", type=float, default=None, help="Picard damping α for the F-FPN runs")
+    parser.add_argument(
+        "--lipschitz", action="store_true", help="power-iteration ‖∂T/∂u‖₂ at every test solution"
+    )
     parser.add_argument("--out", default=None, help="JSON output file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -151,15 +223,19 @@ def main() -> None:
     env = environment("cpu")
     results, task, splits = [], None, None
     for run in args.runs:
-        result, task, splits = evaluate_run(run, args.data_dir)
+        result, task, splits = evaluate_run(
+            run, args.data_dir, max_iter=args.max_iter, damping=args.damping, lipschitz=args.lipschitz
+        )
         results.append(result)
-    if args.baselines:
-        if task is None:
-            from fpnets.train import load_config
+    if (args.baselines or args.untrained) and task is None:
+        from fpnets.train import load_config
 
-            task = load_config(args.config).make_task()
-            splits = task.load_splits(args.data_dir)
-        results.extend(evaluate_baselines(task, splits))
+        task = load_config(args.config).make_task()
+        splits = task.load_splits(args.data_dir)
+    for variant in args.untrained:
+        results.append(evaluate_untrained(args.config, variant, splits, args.lipschitz))
+    if args.baselines:
+        results.extend(evaluate_baselines(task, splits))  # type: ignore[arg-type]
     header = [
         "method",
         "params",
@@ -170,6 +246,7 @@ def main() -> None:
         "converged",
         "iters",
         "Lip bound",
+        "‖∂T/∂u‖₂ med / max",
     ]
     rows = [
         [
@@ -182,6 +259,11 @@ def main() -> None:
             _fmt(r.get("converged_fraction"), ".3f"),
             _fmt(r.get("iterations_mean"), ".1f"),
             _fmt(r.get("lipschitz_bound"), ".3g"),
+            (
+                f"{r['jacobian_norm']['median']:.3f} / {r['jacobian_norm']['max']:.3f}"
+                if "jacobian_norm" in r
+                else "–"
+            ),
         ]
         for r in results
     ]
