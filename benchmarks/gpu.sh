@@ -1,35 +1,46 @@
 #!/usr/bin/env bash
-# One prepared run of the benchmarks on a rented GPU machine (one H100, no network, a copy of the repo).
+# One prepared run of the benchmarks on a lent GPU machine (one H200, 16 cores, no network, a copy of
+# the repo): the paper's Table 2 (JFB vs Jacobian-based seconds per epoch on MNIST/SVHN/CIFAR-10-shaped
+# data) and the reference code's MNIST_FPN beside fpnets (issue 11), within one 10-minute call.
 #
-#   bash benchmarks/gpu.sh               # CUDA; finishes in under 8 minutes (deadline GPU_SH_BUDGET=450 s)
-#   bash benchmarks/gpu.sh --cpu-smoke   # the same steps, tiny (--reduced), on the CPU: well under a minute
+#   bash benchmarks/gpu.sh               # CUDA; deadline GPU_SH_BUDGET=540 s (call it with timeout_s=600)
+#   bash benchmarks/gpu.sh --cpu-smoke   # the same steps, tiny (--reduced, --limit 200), on the CPU
 #
-# Output, in "$OUT" when set, else ./gpu-results: at most 7 files (the device tool returns 8):
-#   summary.txt      steps (ok / FAILED / TIMEOUT / skipped, seconds) and the epoch-time tables
+# Output, in "$OUT" when set, else ./gpu-results: at most 8 files (what the device tool returns):
+#   summary.txt      steps (ok / FAILED / TIMEOUT / skipped, seconds) and the tables of every step
 #   gpu.log          this script's log, then every step's full output
-#   epoch_time.json  the rows of all epoch-time steps merged (each row names its step)
+#   epoch_time.json  the rows of all epoch-time steps merged (each row names its step): Table 2
+#   vs_reference.json  {"vs_reference": ..., "vs_reference_epoch": ...}: vs_reference.py's JSON per step
 #   backward_modes.json, memory_depth.json   when those ran
 #   nvidia-smi.txt   nvidia-smi, when there is one
 #   raw.tar.gz       everything else: per-step JSON and logs, env.txt, plots
 # Every step runs under `timeout`, capped by what is left of the deadline; a step that no longer
 # fits is skipped, so one slow or broken step cannot eat the budget.
 #
-# Steps (GPU: seconds allowed, the timeout; epoch_time.py itself stops timing at --budget = that − 45):
+# Steps, in this order (GPU: seconds allowed, the timeout; epoch_time.py stops timing at --budget =
+# that − 45; * = required: its failure makes the exit status 1):
 #   env                       ~15  python/torch/CUDA facts, nvidia-smi
-#   epoch_svhn                130  epoch_time.py --models svhn    (fpn, jacobian, explicit; 30 steps after 10)
-#   epoch_cifar10             170  epoch_time.py --models cifar10 (fpn, jacobian, explicit; 30 steps after 10)
-#   backward_modes             60  benchmarks/backward_modes.py --quick (if present and MNIST data found)
-#   memory_depth               60  benchmarks/memory_depth.py --quick   (if present and MNIST data found)
-#   epoch_mnist                60  epoch_time.py --models mnist (optional, only if time is left)
-#   epoch_cifar10_nchw         50  cifar10 fpn+explicit without channels-last (optional)
-#   epoch_cifar10_bf16         50  cifar10 fpn+explicit under bf16 autocast (optional)
+#   epoch_mnist*               60  epoch_time.py --models mnist   (fpn, jacobian, explicit; 30 steps after 10)
+#   epoch_svhn*               110  epoch_time.py --models svhn
+#   epoch_cifar10*            140  epoch_time.py --models cifar10
+#   vs_reference               90  vs_reference.py --network both --steps 60 --rounds 2 --warmup 10 --eval
+#                                  (needs MNIST and the reference code, else skipped)
+#   vs_reference_epoch        100  vs_reference.py --network paper --epoch (one MNIST epoch end to end per side)
+#   backward_modes             45  benchmarks/backward_modes.py --quick (if present and MNIST data found)
+#   memory_depth               45  benchmarks/memory_depth.py --quick   (if present and MNIST data found)
+#   epoch_cifar10_nchw         40  cifar10 fpn+explicit without channels-last (optional)
+#   epoch_cifar10_bf16         40  cifar10 fpn+explicit under bf16 autocast (optional)
 # Python: $PYTHON, else the first of python3, .venv/bin/python, python that imports torch (with
 # CUDA unless --cpu-smoke) and fpnets (+ numpy, safetensors) from src/ via PYTHONPATH; nothing is
 # installed unless GPU_SH_PIP_INSTALL=1 (then pip install -e . offline: --no-deps where torch is
-# there, else from wheels in .whl/). GPU_SH_SKIP="name ..." skips steps (the tests skip MNIST ones).
-# MNIST for backward_modes/memory_depth: $MNIST_DIR, shared/data/mnist, ../shared/data/mnist,
-# /work/shared/data/mnist or data/mnist (raw IDX files; none on a bare GPU machine: carry one).
-# Exit status: 1 if an epoch-time step for SVHN or CIFAR-10 failed, else 0.
+# there, else from wheels in .whl/). GPU_SH_SKIP="name ..." skips steps; GPU_SH_STEP_SCALE=N multiplies
+# every step's timeout (a slow or shared CPU; the deadline still holds).
+# Data (none on a bare GPU machine: copy them into the repo's ignored shared/ folder and carry it,
+# see docs/traffic.md, "Running on a GPU"): MNIST (IDX files) from $MNIST_DIR, shared/data/mnist,
+# ../shared/data/mnist, /work/shared/data/mnist or data/mnist; the reference code (Networks.py)
+# from $PEER_DIR, shared/peers/jfb-reference, ../shared/peers/jfb-reference or
+# /work/shared/peers/jfb-reference. $GPU_COMMIT (the commit, when the copy has no .git) goes to env.txt.
+# Exit status: 1 if a required step failed or did not fit, 2 for a bad argument, else 0.
 
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,19 +60,19 @@ mkdir -p "$OUT" || exit 1
 OUT="$(cd "$OUT" && pwd)"
 RAW="$OUT/raw"
 rm -rf "$RAW" && mkdir -p "$RAW" || exit 1
-rm -f "$OUT"/{summary.txt,gpu.log,epoch_time.json,backward_modes.json,memory_depth.json,nvidia-smi.txt,raw.tar.gz}
+rm -f "$OUT"/{summary.txt,gpu.log,epoch_time.json,vs_reference.json,backward_modes.json,memory_depth.json,nvidia-smi.txt,raw.tar.gz}
 LOG="$OUT/gpu.log"
 : >"$LOG"
 SUMMARY=()
 FAILED_REQUIRED=0
-if [ "$MODE" = cpu ]; then TOTAL="${GPU_SH_BUDGET:-150}"; else TOTAL="${GPU_SH_BUDGET:-450}"; fi
+if [ "$MODE" = cpu ]; then TOTAL="${GPU_SH_BUDGET:-150}"; else TOTAL="${GPU_SH_BUDGET:-540}"; fi
 
 say() { echo "[gpu.sh $(printf '%3d' "$SECONDS")s] $*" | tee -a "$LOG"; }
 
 # run_step NAME WANT_SECONDS REQUIRED(0/1) CMD...: run CMD under timeout min(WANT, time left), log to $RAW/NAME.log
 STEP_LIMIT=0
 step_limit() {  # sets STEP_LIMIT; returns 1 when the step no longer fits
-    local want=$1 left=$((TOTAL - SECONDS - 15))
+    local want=$(($1 * ${GPU_SH_STEP_SCALE:-1})) left=$((TOTAL - SECONDS - 15))
     STEP_LIMIT=$((want < left ? want : left))
     [ "$STEP_LIMIT" -ge 20 ]
 }
@@ -135,7 +146,7 @@ fi
 say "mode $MODE, python $(command -v "$PY"), out $OUT, deadline ${TOTAL}s"
 
 # ---------------------------------------------------------------------------------------------- environment
-git -C "$ROOT" rev-parse --short HEAD >>"$RAW/env.txt" 2>/dev/null
+echo "commit ${GPU_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}" >>"$RAW/env.txt"
 git -C "$ROOT" status --porcelain --untracked-files=no >>"$RAW/env.txt" 2>/dev/null
 if command -v nvidia-smi >/dev/null 2>&1; then
     timeout 30 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
@@ -166,20 +177,60 @@ epoch_step() {  # epoch_step NAME WANT REQUIRED ARGS...
         --json "$RAW/$name.json" "$@"
 }
 
+# Table 2 of the paper: MNIST, SVHN, CIFAR-10 (required, first).
 if [ "$MODE" = cpu ]; then
+    epoch_step epoch_mnist 40 1 --models mnist
     epoch_step epoch_svhn 60 1 --models svhn
     epoch_step epoch_cifar10 60 1 --models cifar10
 else
-    epoch_step epoch_svhn 130 1 --models svhn
-    epoch_step epoch_cifar10 170 1 --models cifar10
+    epoch_step epoch_mnist 60 1 --models mnist
+    epoch_step epoch_svhn 110 1 --models svhn
+    epoch_step epoch_cifar10 140 1 --models cifar10
+fi
+
+# Real data: MNIST and the reference implementation's code.
+first_dir() {  # first_dir FILE_OR_EMPTY DIR...: the first DIR that exists (and holds FILE when given)
+    local need=$1 d
+    shift
+    for d in "$@"; do
+        [ -n "$d" ] && [ -d "$d" ] || continue
+        if [ -n "$need" ]; then [ -f "$d/$need" ] || continue; elif [ -z "$(ls -A "$d" 2>/dev/null)" ]; then continue; fi
+        (cd "$d" && pwd)
+        return 0
+    done
+    return 1
+}
+MNIST="$(first_dir "" "${MNIST_DIR:-}" shared/data/mnist ../shared/data/mnist /work/shared/data/mnist data/mnist)"
+PEER="$(first_dir Networks.py "${PEER_DIR:-}" shared/peers/jfb-reference ../shared/peers/jfb-reference \
+    /work/shared/peers/jfb-reference)"
+say "data: MNIST ${MNIST:-not found}; reference code ${PEER:-not found}"
+
+# The reference code's MNIST_FPN beside fpnets (benchmarks/vs_reference.py): training steps on the
+# same batches from the same weights, both networks, and eval throughput; then one epoch end to end.
+if [ -z "$MNIST" ] || [ -z "$PEER" ]; then
+    for name in vs_reference vs_reference_epoch; do
+        say "$name: needs MNIST (MNIST_DIR) and the reference code (PEER_DIR); skipped"
+        SUMMARY+=("$name: skipped (no MNIST or reference code)")
+    done
+else
+    VS=(benchmarks/vs_reference.py --data-dir "$MNIST" --peer-dir "$PEER")
+    if [ "$MODE" = cpu ]; then
+        VS+=(--device cpu --threads 1 --limit 200)
+        run_step vs_reference 90 0 "$PY" "${VS[@]}" --network paper --steps 2 --rounds 1 --warmup 1 --eval \
+            --json "$RAW/vs_reference.json"
+        run_step vs_reference_epoch 90 0 "$PY" "${VS[@]}" --network paper --steps 1 --rounds 1 --warmup 0 \
+            --epoch --json "$RAW/vs_reference_epoch.json"
+    else
+        VS+=(--device cuda)
+        run_step vs_reference 90 0 "$PY" "${VS[@]}" --network both --steps 60 --rounds 2 --warmup 10 --eval \
+            --json "$RAW/vs_reference.json"
+        run_step vs_reference_epoch 100 0 "$PY" "${VS[@]}" --network paper --steps 10 --rounds 1 --warmup 2 \
+            --epoch --json "$RAW/vs_reference_epoch.json"
+    fi
 fi
 
 # The MNIST benchmarks of backward modes and memory, written alongside: run them with whatever
 # smoke flags they offer.
-MNIST=""
-for d in ${MNIST_DIR:-} shared/data/mnist ../shared/data/mnist /work/shared/data/mnist data/mnist; do
-    if [ -d "$d" ] && [ -n "$(ls -A "$d" 2>/dev/null)" ]; then MNIST="$(cd "$d" && pwd)"; break; fi
-done
 src=""
 has() { grep -q -- "\"$1\"" <<<"$src"; }  # does the script define option $1 (add_argument("$1", ...))?
 for bench in backward_modes memory_depth; do
@@ -206,18 +257,16 @@ for bench in backward_modes memory_depth; do
     if [ "$MODE" = cpu ] && has "--threads"; then args+=(--threads 1); fi
     if has "--json"; then args+=(--json "$RAW/$bench.json"); fi
     if has "--png"; then args+=(--png "$RAW/$bench.png"); fi
-    if [ "$MODE" = cpu ]; then want=30; else want=60; fi
+    if [ "$MODE" = cpu ]; then want=30; else want=45; fi
     run_step "$bench" "$want" 0 "$PY" "$script" ${args[@]+"${args[@]}"}
 done
 
 # Optional extras, only while time is left.
 if [ "$MODE" = cpu ]; then
-    epoch_step epoch_mnist 30 0 --models mnist
     SUMMARY+=("epoch_cifar10_nchw, epoch_cifar10_bf16: GPU only")
 else
-    epoch_step epoch_mnist 60 0 --models mnist
-    epoch_step epoch_cifar10_nchw 50 0 --models cifar10 --variants fpn,explicit --no-channels-last
-    epoch_step epoch_cifar10_bf16 50 0 --models cifar10 --variants fpn,explicit --amp bf16
+    epoch_step epoch_cifar10_nchw 40 0 --models cifar10 --variants fpn,explicit --no-channels-last
+    epoch_step epoch_cifar10_bf16 40 0 --models cifar10 --variants fpn,explicit --amp bf16
 fi
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -227,7 +276,7 @@ from pathlib import Path
 
 raw, out = Path(sys.argv[1]), Path(sys.argv[2])
 merged = {"synthetic_data": True, "extrapolated": True, "sources": {}, "rows": []}
-for name in ("epoch_svhn", "epoch_cifar10", "epoch_mnist", "epoch_cifar10_nchw", "epoch_cifar10_bf16"):
+for name in ("epoch_mnist", "epoch_svhn", "epoch_cifar10", "epoch_cifar10_nchw", "epoch_cifar10_bf16"):
     path = raw / f"{name}.json"
     if not path.is_file():
         continue
@@ -237,6 +286,11 @@ for name in ("epoch_svhn", "epoch_cifar10", "epoch_mnist", "epoch_cifar10_nchw",
         merged["rows"].append({"step": name, **row})
 (out / "epoch_time.json").write_text(json.dumps(merged, indent=2))
 print(f"merged {len(merged['rows'])} epoch-time rows into {out / 'epoch_time.json'}")
+vs = {name: json.loads((raw / f"{name}.json").read_text())
+      for name in ("vs_reference", "vs_reference_epoch") if (raw / f"{name}.json").is_file()}
+if vs:
+    (out / "vs_reference.json").write_text(json.dumps(vs, indent=2))
+    print(f"wrote {', '.join(vs)} into {out / 'vs_reference.json'}")
 EOF
 
 for bench in backward_modes memory_depth; do
@@ -246,7 +300,8 @@ done
     echo
     echo "=== gpu.sh summary ($MODE mode, $SECONDS s of ${TOTAL} s) ==="
     for line in ${SUMMARY[@]+"${SUMMARY[@]}"}; do echo "  $line"; done
-    for name in epoch_svhn epoch_cifar10 epoch_mnist epoch_cifar10_nchw epoch_cifar10_bf16; do
+    for name in epoch_mnist epoch_svhn epoch_cifar10 epoch_cifar10_nchw epoch_cifar10_bf16 vs_reference \
+        vs_reference_epoch; do
         if [ -f "$RAW/$name.log" ] && grep -q '^|' "$RAW/$name.log"; then
             echo
             echo "--- $name ---"
