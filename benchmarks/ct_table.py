@@ -57,7 +57,7 @@ def evaluate_model(
     """Per-image metrics, wall-clock time, convergence and ρ of ``model`` on (d, u) pairs; with
     ``lipschitz``, the power-iteration estimate of ‖∂T/∂u‖₂ at every solution (F-FPNs)."""
     model.eval()
-    outs, converged, iterations, ratios, lips = [], [], [], [], []
+    outs, converged, iterations, ratios, lips, eigs, cosines = [], [], [], [], [], [], []
     elapsed = 0.0
     for start in range(0, sinograms.shape[0], batch_size):
         d = sinograms[start : start + batch_size]  # (B, 1, K, D)
@@ -78,6 +78,10 @@ def evaluate_model(
                 lips.append(
                     lipschitz_estimate(lambda z, d=d: model.operator(z, d), u, iters=30, generator=gen)
                 )
+                eigs.append(_dominant_eigenvalue(lambda z, d=d: model.operator(z, d), u, gen))
+                t1 = model.operator(u, d)
+                r1, r2 = t1 - u, model.operator(t1, d) - t1  # successive residuals (B, 1, N, N)
+                cosines.append(torch.nn.functional.cosine_similarity(r1.flatten(1), r2.flatten(1), dim=1))
     u = torch.cat(outs)
     truth = images.to(torch.float64)
     n = u.shape[0]
@@ -101,7 +105,32 @@ def evaluate_model(
             "min": float(lip.min()),
             "fraction_above_1": float((lip > 1).double().mean()),
         }
+        eig = torch.cat(eigs).to(torch.float64)  # (n,)
+        out["dominant_eigenvalue"] = {
+            "median": float(eig.median()),
+            "min": float(eig.min()),
+            "max": float(eig.max()),
+        }
+        out["residual_cosine_median"] = float(torch.cat(cosines).median())
     return out
+
+
+def _dominant_eigenvalue(f: Any, u: Tensor, generator: torch.Generator, iters: int = 30) -> Tensor:
+    """Rayleigh quotient ⟨v, Jv⟩ after ``iters`` steps of power iteration on J = ∂f/∂u at u, per
+    sample (J v by the double-VJP trick). A real value above 1: the iteration drifts along v."""
+    z = u.detach().requires_grad_()
+    with torch.enable_grad():
+        y = f(z)
+        dummy = torch.zeros_like(y, requires_grad=True)
+        (jt_dummy,) = torch.autograd.grad(y, z, dummy, create_graph=True)
+        v = torch.randn(u.shape, dtype=u.dtype, generator=generator)
+        rayleigh = torch.zeros(u.shape[0], dtype=u.dtype)
+        for _ in range(iters):
+            v = v / torch.linalg.vector_norm(v.flatten(1), dim=1).clamp_min(1e-30).view(-1, 1, 1, 1)
+            (jv,) = torch.autograd.grad(jt_dummy, dummy, v, retain_graph=True)
+            rayleigh = (jv * v).flatten(1).sum(1)
+            v = jv.detach()
+    return rayleigh.detach()
 
 
 def evaluate_run(
