@@ -29,7 +29,8 @@ else:  # pragma: no cover
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = (
     "digits", "mnist", "fashion-mnist", "svhn", "cifar10", "cifar10-unaugmented", "games", "ct-ellipses",
-    "ct-ellipses-128", "traffic-siouxfalls", "traffic-ema",
+    "ct-ellipses-128", "traffic-siouxfalls", "traffic-ema", "traffic-friedrichshain", "traffic-tiergarten",
+    "traffic-anaheim",
 )  # fmt: skip
 
 
