@@ -81,7 +81,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("name", ["ct-ellipses", "ct-ellipses-128"])
-@pytest.mark.parametrize("variant", ["ffpn", "contractive", "unrolled", "tvs", "fbp", "tv"])
+@pytest.mark.parametrize("variant", ["ffpn", "contractive", "potential", "unrolled", "tvs", "fbp", "tv"])
 def test_configs_resolve_and_round_trip(name: str, variant: str) -> None:
     cfg = load_config(name, [f"model.variant={variant}"])
     assert get_task(cfg.task.name) is CTTask and cfg.select == "val.psnr"
