@@ -12,7 +12,7 @@
 #   gen_<net>       the data set of the config (contexts, equilibria certified to data.gap), solved on
 #                   all CPU cores at once (fork workers, each with its own path set); a calibration
 #                   round measures contexts/s and n_train is cut to what fits the step's time
-#                   (n_val, n_test kept); the cache is fpnets' own (data.cache_dir), so training
+#                   (n_val, n_test kept unless too few contexts fit); the cache is fpnets' own (data.cache_dir), so training
 #                   and a carried cache (GPU_TRAFFIC_CACHE) find it like `fpnets train` does
 #   train_<net>_<variant>  `fpnets.train.train` on CUDA for GPU_TRAFFIC_VARIANTS (default "averaged
 #                   nfpn explicit"), all variants of a network at once in the background: two
@@ -245,12 +245,13 @@ def cmd_gen(args: argparse.Namespace) -> int:
     }
     original = tdata.generate
 
-    def dataset(n_train: int, gen: Any) -> Any:
+    def dataset(cut: dict[str, int], gen: Any) -> Any:
         tdata.generate = gen
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a stale cache is rebuilt: by `gen`
-                return config(args, [f"data.n_train={n_train}"]).make_task().dataset(args.data_dir)
+                sets = [f"data.{k}={v}" for k, v in cut.items()]
+                return config(args, sets).make_task().dataset(args.data_dir)
         finally:
             tdata.generate = original
 
@@ -258,14 +259,14 @@ def cmd_gen(args: argparse.Namespace) -> int:
         raise Missing
 
     try:
-        data = dataset(sizes["n_train"], missing)
-        out.update(cached=True, n_train=sizes["n_train"], n_val=sizes["n_val"], n_test=sizes["n_test"])
+        data = dataset(sizes, missing)
+        out.update(cached=True, paper_size=True, **sizes)
         out.update(network=data.network.name, cache=str(data.path), generation_seconds=data.seconds)
         out.update(
             target_gap=data.params.gap,
             max_gap=float(max(float(s.gap.max()) for s in (data.train, data.val, data.test) if len(s))),
         )
-        out["train_sets"] = [f"data.n_train={sizes['n_train']}"]
+        out["train_sets"] = [f"data.{k}={v}" for k, v in sizes.items()]
         dump(args.json, out)
         print(f"cached: {data.path}")
         return 0
@@ -279,7 +280,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
         raise Calibrated
 
     with contextlib.suppress(Calibrated):
-        dataset(sizes["n_train"], calibrate)
+        dataset(sizes, calibrate)
     params = G["params"]
     probe = min(args.calibrate, max(1, n_max // (2 * args.workers)))
     solved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -297,7 +298,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
         rate = done / t_cal  # contexts per second, all workers (the first chunks: the slowest)
         left = deadline - time.perf_counter() - 3.0
         n_fit = done + int(0.85 * rate * max(left, 0.0))
-        n_total = max(min(n_max, n_fit), min(n_max, sizes["n_val"] + sizes["n_test"] + args.min_train))
+        n_total = min(n_max, n_fit)  # fewer than n_val + n_test + min_train: smaller val/test below
         if args.strict:
             n_total, deadline = n_max, math.inf
         out.update(
@@ -329,10 +330,15 @@ def cmd_gen(args: argparse.Namespace) -> int:
         x_parts.append(x)
         g_parts.append(g)
         rows += len(g)
-    n_train = min(sizes["n_train"], rows - sizes["n_val"] - sizes["n_test"])
-    if n_train < 1:
-        print(f"only {rows} contexts solved: fewer than n_val + n_test + 1", file=sys.stderr)
+    cut = dict(sizes)
+    if rows < sizes["n_val"] + sizes["n_test"] + args.min_train:  # too few for whole val/test splits
+        each = max(1, rows // 5)
+        cut.update(n_val=min(sizes["n_val"], each), n_test=min(sizes["n_test"], each))
+    cut["n_train"] = min(sizes["n_train"], rows - cut["n_val"] - cut["n_test"])
+    if cut["n_train"] < 1:
+        print(f"only {rows} contexts solved: too few for three splits", file=sys.stderr)
         return 1
+    n_train, n_all = cut["n_train"], sum(cut.values())
     flows, gaps = np.concatenate(x_parts), np.concatenate(g_parts)
     t_gen = time.perf_counter() - t_start
 
@@ -344,18 +350,18 @@ def cmd_gen(args: argparse.Namespace) -> int:
             raise RuntimeError("the contexts of the cut data set are not a prefix of the generated ones")
         return model, d, flows[:n], gaps[:n]
 
-    data = dataset(n_train, assemble)
+    data = dataset(cut, assemble)
     # the cache is what the trainer will read: it must load without generating
-    check = dataset(n_train, missing)
-    out.update(cached=False, network=check.network.name, cache=str(check.path), n_train=n_train)
-    out.update(n_val=sizes["n_val"], n_test=sizes["n_test"], generation_seconds=t_gen)
+    check = dataset(cut, missing)
+    out.update(cached=False, network=check.network.name, cache=str(check.path), **cut)
+    out.update(generation_seconds=t_gen)
     out.update(contexts=rows, contexts_per_s=rows / t_gen, cpu_seconds_per_context=sum(seconds) / rows)
-    out.update(target_gap=params.gap, max_gap=float(gaps[: n_train + sizes["n_val"] + sizes["n_test"]].max()))
-    out["paper_size"] = n_train == sizes["n_train"]
-    out["train_sets"] = [f"data.n_train={n_train}"]
+    out.update(target_gap=params.gap, max_gap=float(gaps[:n_all].max()))
+    out["paper_size"] = cut == sizes
+    out["train_sets"] = [f"data.{k}={v}" for k, v in cut.items()]
     dump(args.json, out)
     print(
-        f"{data.network.name}: {n_train}/{sizes['n_val']}/{sizes['n_test']} contexts in {t_gen:.1f}s -> {data.path}"
+        f"{data.network.name}: {n_train}/{cut['n_val']}/{cut['n_test']} contexts in {t_gen:.1f}s -> {data.path}"
     )
     return 0
 
@@ -691,7 +697,9 @@ for net in $NETWORKS; do
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 run_step "gen_$net" "$gen_want" \
         "${T[@]}" gen "$cfg" ${SETS[@]+"${SETS[@]}"} "${COMMON[@]}" --json "$RAW/gen_$net.json" \
         --workers "$workers" --seconds "$gen_s" ${GEN_ARGS[@]+"${GEN_ARGS[@]}"} || continue
-    n_train_set=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train_sets"][0])' "$RAW/gen_$net.json")
+    CUT=() # the sizes generated: --set data.n_train=... (and n_val, n_test)
+    while read -r s; do CUT+=(--set "$s"); done < <("$PY" -c \
+        'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["train_sets"]))' "$RAW/gen_$net.json")
     window=$((END_TRAIN - $(now)))
     if [ "$window" -lt "$MIN_TRAIN_WINDOW" ]; then
         say "train_$net: SKIPPED (${window}s left before the training deadline)"
@@ -701,13 +709,13 @@ for net in $NETWORKS; do
     for variant in $VARIANTS; do
         name="train_${net}_$variant"
         if skipped "$name"; then SUMMARY+=("$name: skipped (GPU_TRAFFIC_SKIP)"); continue; fi
-        bg_step "$name" $((window + 30)) "${T[@]}" train "$cfg" ${SETS[@]+"${SETS[@]}"} --set "$n_train_set" \
+        bg_step "$name" $((window + 30)) "${T[@]}" train "$cfg" ${SETS[@]+"${SETS[@]}"} "${CUT[@]}" \
             "${COMMON[@]}" --json "$RAW/train_${net}_$variant.json" --run-dir "$WORK/runs/$net-$variant" \
             --variant "$variant" --device "$DEVICE" --seconds "$window" ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
     done
     if ! skipped "baseline_$net"; then
         OMP_NUM_THREADS=1 bg_step "baseline_$net" $((window + 30)) "${T[@]}" baseline "$cfg" \
-            ${SETS[@]+"${SETS[@]}"} --set "$n_train_set" "${COMMON[@]}" --json "$RAW/baseline_$net.json" \
+            ${SETS[@]+"${SETS[@]}"} "${CUT[@]}" "${COMMON[@]}" --json "$RAW/baseline_$net.json" \
             --run-dir "$WORK/runs/$net-mean-capacity"
     fi
 done
