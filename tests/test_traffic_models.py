@@ -174,11 +174,12 @@ def test_nfpn_forward_gradient_and_solution() -> None:
     torch.testing.assert_close(other(d), x)
 
 
-def test_averaged_variant_condition_and_averagedness() -> None:
+@pytest.mark.parametrize("variant", ["averaged", "averaged-wide"])
+def test_averaged_variant_condition_and_averagedness(variant: str) -> None:
     net = small_network()
     with pytest.raises(ValueError, match=r"alpha=.* must be below 2/\(K L\)"):
-        TrafficNFPN(net, 50.0, variant="averaged", alpha=1.0, hidden=8)
-    model = TrafficNFPN(net, 50.0, variant="averaged", alpha=0.5, hidden=8, mu=0.2).double()
+        TrafficNFPN(net, 50.0, variant=variant, alpha=1.0, hidden=8)
+    model = TrafficNFPN(net, 50.0, variant=variant, alpha=0.5, hidden=8, mu=0.2).double()
     limit = model.averaged_step_limit()
     assert model.alpha < limit
     # make the unconstrained weight large so the spectral bound is active
@@ -209,6 +210,45 @@ def test_averaged_variant_condition_and_averagedness() -> None:
     left = ((tz - tw) ** 2).sum((1, 2))
     right = ((z - w) ** 2).sum((1, 2)) - (1 - theta) / theta * (((z - tz) - (w - tw)) ** 2).sum((1, 2))
     assert torch.all(left <= right + 1e-9)
+
+
+def test_averaged_wide_parameter_count_and_trunk() -> None:
+    # Sioux Falls size (E = 76 links, m = 10): trunk 10 → 170 → 170, heads [g, c] of 8 + 76, A 8 × 76
+    game = CocoerciveGameGradient(76, 10, 8, context_hidden=170, context_depth=2)
+    n = sum(p.numel() for p in game.parameters())
+    assert n == (10 * 170 + 170) + (170 * 170 + 170) + (170 * 84 + 84) + 8 * 76 == 45912
+    explicit = ExplicitTrafficNet(76, 1.0, num_params=45956)
+    assert abs(n - sum(p.numel() for p in explicit.parameters())) / n < 0.01
+    # the variant's defaults on another network: the same trunk, hidden = 8
+    net = small_network()
+    model = TrafficNFPN(net, 50.0, variant="averaged-wide", alpha=0.01)
+    e = net.num_links
+    expected = (10 * 170 + 170) + (170 * 170 + 170) + (170 * (8 + e) + 8 + e) + 8 * e
+    assert sum(p.numel() for p in model.parameters()) == expected
+    linears = [m for m in model.game.context_net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(10, 170), (170, 170), (170, 8 + e)]
+    with pytest.raises(ValueError, match=r"context_depth \(0\) and context_hidden \(170\) must be >= 1"):
+        CocoerciveGameGradient(76, 10, 8, context_hidden=170, context_depth=0)
+
+
+def test_averaged_wide_forward_shapes_gradient_and_projection() -> None:
+    net = small_network()
+    torch.manual_seed(0)
+    model = TrafficNFPN(
+        net, 50.0, variant="averaged-wide", alpha=0.5, mu=1.0, bound=0.3, max_iter=3000, tol=1e-8
+    ).double()
+    d = 10 * torch.rand(3, 10, dtype=torch.float64)
+    x = model(d)
+    assert x.shape == (3, net.num_links) and torch.all(x >= 0)
+    sol = model.solution
+    assert sol is not None and bool(sol.converged.all())
+    loss = traffic_loss(x, torch.full_like(x, 30.0), 50.0)
+    loss.backward()
+    trunk = model.game.context_net[2].weight.grad  # the second trunk layer (170, 170)
+    assert trunk is not None and trunk.shape == (170, 170) and trunk.abs().sum() > 0
+    # the output is feasible: flow conservation N X̂ = Σ_k b_k
+    b = net.commodity_demand("origin").sum(0)  # (n,)
+    np.testing.assert_allclose(x.detach().numpy() @ net.incidence.T, np.tile(b, (3, 1)), atol=1e-4)
 
 
 def test_nfpn_input_errors() -> None:

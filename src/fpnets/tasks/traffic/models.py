@@ -23,6 +23,14 @@
     F(x)_k = F_Θ(Σ_k x_k) is 1/(K L)-cocoercive on R^{K×E}. Davis–Yin splitting with a cocoercive
     F of constant β and 0 < α < 2β is averaged (Davis & Yin 2017, Prop. 2.1), so T is averaged for
     every parameter value when α < 2 / (K L); the constructor checks this condition.
+  * ``variant="averaged-wide"``: the same F_Θ (same bound, same proof), with the parameters moved
+    from A into the context networks: a shared tanh trunk d → 170 → 170 (the explicit MLP's width)
+    feeds both heads [g(d), c(d)], and A has only 8 rows (45,912 parameters on Sioux Falls). With μ
+    dominating L the equilibrium is close to the Euclidean projection of −c(d)/μ onto the feasible
+    link flows {Σ_k x_k : x ∈ C1 ∩ C2} (exactly that when A = 0: the VI of μX + c is the
+    optimality condition of min μ/2 ‖X‖² + c·X), and a projection onto a convex set that holds X*
+    is nonexpansive, so ‖P(−c/μ) − X*‖ ≤ ‖−c/μ − X*‖: the wide head gets the explicit MLP's
+    regression capacity and the projection can only reduce its error.
 
 - :class:`ExplicitTrafficNet`: an MLP d → X̂ with (about) a given parameter count.
 - :class:`MeanCapacityBaseline`: no learning; the equilibrium under the mean capacities.
@@ -54,7 +62,9 @@ __all__ = [
     "traffic_loss",
 ]
 
-VARIANTS = ("nfpn", "averaged")
+VARIANTS = ("nfpn", "averaged", "averaged-wide")
+AVERAGED = ("averaged", "averaged-wide")
+"""The variants with a cocoercive F_Θ (T averaged by construction)."""
 
 
 def traffic_loss(pred: Tensor, target: Tensor, scale: float) -> Tensor:
@@ -92,7 +102,12 @@ class PaperGameGradient(nn.Module):
 
 
 class CocoerciveGameGradient(nn.Module):
-    """F_Θ(X, d) = μ X + Aᵀ σ(A X + g(d)) + c(d), 1/L-cocoercive in X with L = μ + a² (see module doc)."""
+    """F_Θ(X, d) = μ X + Aᵀ σ(A X + g(d)) + c(d), 1/L-cocoercive in X with L = μ + a² (see module doc).
+
+    A: ``hidden`` × E with ‖A‖₂ ≤ a (``bound``); [g(d), c(d)] from one context network, a tanh MLP
+    m → h_c (→ h_c, ``context_depth`` − 1 more layers) → hidden + E with h_c = ``context_hidden``. The
+    bound holds for every context network: g and c only shift the argument and add a constant in X.
+    """
 
     def __init__(
         self,
@@ -104,17 +119,24 @@ class CocoerciveGameGradient(nn.Module):
         bound: float = 1.0,
         slope: float = 0.1,
         context_hidden: int = 64,
+        context_depth: int = 1,
     ) -> None:
         super().__init__()
         if mu < 0 or bound <= 0 or not 0 <= slope <= 1:
             raise ValueError("CocoerciveGameGradient: need mu >= 0, bound > 0 and slope in [0, 1]")
+        if context_depth < 1 or context_hidden < 1:
+            raise ValueError(
+                f"CocoerciveGameGradient: context_depth ({context_depth}) and context_hidden "
+                f"({context_hidden}) must be >= 1"
+            )
         self.mu = mu
         self.bound = bound
         self.slope = slope
         self.a = SpectralLinear(num_links, hidden, bias=False, bound=bound)
-        self.context_net = nn.Sequential(
-            nn.Linear(context_dim, context_hidden), nn.Tanh(), nn.Linear(context_hidden, hidden + num_links)
-        )
+        layers: list[nn.Module] = [nn.Linear(context_dim, context_hidden), nn.Tanh()]
+        for _ in range(context_depth - 1):  # the shared trunk m → h_c → … → h_c (tanh)
+            layers += [nn.Linear(context_hidden, context_hidden), nn.Tanh()]
+        self.context_net = nn.Sequential(*layers, nn.Linear(context_hidden, hidden + num_links))
         self.hidden = hidden
 
     @property
@@ -138,11 +160,13 @@ class TrafficNFPN(nn.Module):
         network: the road network (incidence, demand, first thru node).
         flow_scale: s, link flows are divided by s inside the latent (e.g. the mean training flow).
         context_dim: m.
-        variant: "nfpn" (the paper's F_Θ) or "averaged" (cocoercive F_Θ; T averaged by construction).
+        variant: "nfpn" (the paper's F_Θ), "averaged" (cocoercive F_Θ; T averaged by construction) or
+            "averaged-wide" (the same F_Θ with a wide shared context trunk, see the module doc).
         commodity: "origin" (K = origins) or "od" (K = OD pairs, as in the paper).
         alpha: α, the DYS step (1e-2 in the paper).
         hidden: width of F_Θ; default 100 for "nfpn" (the paper's 45,956 parameters on Sioux Falls)
-            and 286 for "averaged" (45,970 parameters on Sioux Falls).
+            286 for "averaged" (45,970 parameters on Sioux Falls) and 8 for "averaged-wide" (trunk
+            m → 170 → 170; 45,912 parameters on Sioux Falls).
         mu, bound: μ and a of the averaged variant.
         context_scale: contexts are divided by it before F_Θ (d = 10 U[0, 1]^m → [0, 1]).
         solver, backward: fpnets solver (default Picard(tol, max_iter)) and backward mode (default JFB).
@@ -203,12 +227,17 @@ class TrafficNFPN(nn.Module):
                 self.num_links, context_dim, 100 if hidden is None else hidden
             )
         else:
-            width = 286 if hidden is None else hidden
-            self.game = CocoerciveGameGradient(self.num_links, context_dim, width, mu=mu, bound=bound)
+            if variant == "averaged":
+                width, trunk = (286 if hidden is None else hidden), {}
+            else:
+                width, trunk = (8 if hidden is None else hidden), {"context_hidden": 170, "context_depth": 2}
+            self.game = CocoerciveGameGradient(
+                self.num_links, context_dim, width, mu=mu, bound=bound, **trunk
+            )
             limit = self.averaged_step_limit()
             if not self.alpha < limit:
                 raise ValueError(
-                    f"TrafficNFPN(variant='averaged'): alpha={alpha:g} must be below 2/(K L) = {limit:.4g} "
+                    f"TrafficNFPN(variant={variant!r}): alpha={alpha:g} must be below 2/(K L) = {limit:.4g} "
                     f"(K = {self.num_commodities} commodities, L = {self.game.lipschitz:g}) for T to be averaged; "
                     "lower alpha, mu or bound"
                 )
@@ -239,8 +268,10 @@ class TrafficNFPN(nn.Module):
 
     def averaged_step_limit(self) -> float:
         """2 / (K L): DYS is averaged for α below it (variant "averaged"; inf is not claimed for "nfpn")."""
-        if self.variant != "averaged":
-            raise ValueError("averaged_step_limit: only the 'averaged' variant has a cocoercive F_Θ")
+        if self.variant not in AVERAGED:
+            raise ValueError(
+                "averaged_step_limit: only the 'averaged' and 'averaged-wide' variants have a cocoercive F_Θ"
+            )
         return 2.0 / (self.num_commodities * self.game.lipschitz)
 
     def project_c1(self, z: Tensor) -> Tensor:  # (B, K, E) -> (B, K, E)

@@ -7,7 +7,8 @@ depend on a context d (docs/traffic.md). The pieces are this package's:
   see :func:`traffic_cache_dir`) for the network of ``data.network`` (see :func:`network_dir`);
   a batch is ``((d,), TrafficTarget(X*, d, gap))`` with d (B, m) and X* (B, E) in vehicles;
 - models (``model.variant``): nfpn (the paper's Davis–Yin N-FPN), averaged (the N-FPN with a
-  cocoercive game gradient: T averaged for every parameter value), explicit (an MLP d → X̂ of about
+  cocoercive game gradient: T averaged for every parameter value), averaged-wide (the same with
+  a wide shared context trunk d → 170 → 170 and a narrow A), explicit (an MLP d → X̂ of about
   the same parameter count); mean-capacity (the equilibrium under the mean training capacities,
   the same for every d) is an evaluation-only baseline, see :func:`evaluate_baseline`;
 - loss: :func:`~fpnets.tasks.traffic.traffic_loss`, mean(((X̂ − X*) / s)²), s the mean training
@@ -80,6 +81,7 @@ NFPN_SOLVER_DEFAULTS: dict[str, Any] = {"tol": 1e-4, "max_iter": 50, "norm": "l2
 VARIANT_KEYS: dict[str, tuple[str, ...]] = {
     "nfpn": ("alpha", "commodity", "hidden", "initial"),
     "averaged": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
+    "averaged-wide": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
     "explicit": ("hidden", "num_params"),
     "mean-capacity": (),
 }
@@ -226,7 +228,7 @@ class TrafficModelConfig(ModelConfig):
     commodity: str | None = None
     """The latent commodities: "origin" (K = origins, default) or "od" (one per OD pair, the paper's)."""
     hidden: int | None = None
-    """Width of F_Θ (nfpn: 100, averaged: 286) or of the explicit MLP (unset: from num_params)."""
+    """Width of F_Θ (nfpn: 100, averaged: 286, averaged-wide: 8) or of the explicit MLP (unset: from num_params)."""
     mu: float | None = None
     """μ of the averaged F_Θ = μX + Aᵀσ(AX + g(d)) + c(d) (0.1)."""
     bound: float | None = None
