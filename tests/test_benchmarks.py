@@ -57,7 +57,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         **env,
         "OUT": str(out),
         "PYTHON": sys.executable,
-        "GPU_SH_SKIP": "backward_modes memory_depth epoch_mnist",  # other scripts, tested elsewhere
+        "GPU_SH_SKIP": "backward_modes memory_depth epoch_mnist vs_reference vs_reference_epoch",  # tested elsewhere
     }
     smoke = subprocess.Popen(
         ["bash", "benchmarks/gpu.sh", "--cpu-smoke"],
