@@ -174,7 +174,7 @@ def test_nfpn_forward_gradient_and_solution() -> None:
     torch.testing.assert_close(other(d), x)
 
 
-@pytest.mark.parametrize("variant", ["averaged", "averaged-wide"])
+@pytest.mark.parametrize("variant", ["averaged", "averaged-wide", "averaged-diag"])
 def test_averaged_variant_condition_and_averagedness(variant: str) -> None:
     net = small_network()
     with pytest.raises(ValueError, match=r"alpha=.* must be below 2/\(K L\)"):
@@ -229,6 +229,33 @@ def test_averaged_wide_parameter_count_and_trunk() -> None:
     assert [(m.in_features, m.out_features) for m in linears] == [(10, 170), (170, 170), (170, 8 + e)]
     with pytest.raises(ValueError, match=r"context_depth \(0\) and context_hidden \(170\) must be >= 1"):
         CocoerciveGameGradient(76, 10, 8, context_hidden=170, context_depth=0)
+
+
+def test_averaged_diag_slopes_parameter_count_and_cocoercivity() -> None:
+    # Sioux Falls size: trunk 10 → 143 → 143, heads [g, c, v] of 8 + 2 · 76, A 8 × 76
+    game = CocoerciveGameGradient(76, 10, 8, context_hidden=143, context_depth=2, diagonal=True, mu=2.0)
+    n = sum(p.numel() for p in game.parameters())
+    assert n == (10 * 143 + 143) + (143 * 143 + 143) + (143 * 160 + 160) + 8 * 76 == 45813
+    game = game.double()
+    with torch.no_grad():  # spread the slopes over their range
+        game.context_net[-1].weight.mul_(30.0)
+    d = torch.rand(64, 10, dtype=torch.float64)
+    cd = game.context_features(d)
+    assert cd.shape == (64, 8 + 2 * 76)
+    w = cd[:, 8 + 76 :]  # (64, E) the slopes w(d)
+    assert torch.all(w >= 0.1 * 2.0) and torch.all(w <= 2.0) and w.min() < 0.3 and w.max() > 1.9
+    # F_Θ(·, d) is 1/L-cocoercive for every context, also where slopes differ across links
+    x, y = torch.randn(64, 76, dtype=torch.float64) * 3, torch.randn(64, 76, dtype=torch.float64) * 3
+    with torch.no_grad():
+        fx, fy = game(x, cd), game(y, cd)
+    lhs = ((fx - fy) * (x - y)).sum(1)
+    assert torch.all(lhs >= ((fx - fy) ** 2).sum(1) / game.lipschitz - 1e-10)
+    # with A = 0 the map is exactly w(d) ⊙ X + c(d)
+    with torch.no_grad():
+        game.a.weight.zero_()
+        torch.testing.assert_close(game(x, cd), w * x + cd[:, 8 : 8 + 76])
+    with pytest.raises(ValueError, match=r"slope_floor must lie in \(0, 1\]"):
+        CocoerciveGameGradient(76, 10, 8, diagonal=True, slope_floor=0.0)
 
 
 def test_averaged_wide_forward_shapes_gradient_and_projection() -> None:

@@ -119,7 +119,9 @@ def run(root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("name", ["traffic-siouxfalls", "traffic-ema"])
-@pytest.mark.parametrize("variant", ["averaged", "averaged-wide", "nfpn", "explicit", "mean-capacity"])
+@pytest.mark.parametrize(
+    "variant", ["averaged", "averaged-wide", "averaged-diag", "nfpn", "explicit", "mean-capacity"]
+)
 def test_configs_resolve_and_round_trip(name: str, variant: str) -> None:
     cfg = load_config(name, [f"model.variant={json.dumps(variant)}"])
     assert get_task(cfg.task.name) is TrafficTask and cfg.select == "val.rel_error"
@@ -277,11 +279,14 @@ def test_mean_capacity_baseline_is_evaluated_not_trained(root: Path, tmp_path: P
     ("overrides", "match"),
     [
         (['model.variant="explicit"', "model.alpha=0.1"], "model.alpha applies to the nfpn, averaged"),
-        (['model.variant="nfpn"', "model.mu=1.0"], "model.mu applies to the averaged, averaged-wide variant"),
+        (
+            ['model.variant="nfpn"', "model.mu=1.0"],
+            "model.mu applies to the averaged, averaged-wide, averaged-diag variant",
+        ),
         (["model.alpha=-1.0"], "model.alpha must be a positive number"),
         (
             ['model.variant="fast"'],
-            "model.variant must be one of nfpn, averaged, averaged-wide, explicit, mean-capacity",
+            "model.variant must be one of nfpn, averaged, averaged-wide, averaged-diag, explicit, mean-capacity",
         ),
         (['model.commodity="path"'], "commodity"),
         (["data.gap=0.1"], r"data.gap must lie in \(0, 1e-3\)"),

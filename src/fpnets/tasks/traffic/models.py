@@ -31,6 +31,13 @@
     optimality condition of min μ/2 ‖X‖² + c·X), and a projection onto a convex set that holds X*
     is nonexpansive, so ‖P(−c/μ) − X*‖ ≤ ‖−c/μ − X*‖: the wide head gets the explicit MLP's
     regression capacity and the projection can only reduce its error.
+  * ``variant="averaged-diag"``: F_Θ(X, d) = w(d) ⊙ X + Aᵀ σ(A X + g(d)) + c(d) with per-link,
+    context-dependent slopes w(d) = μ (w₀ + (1 − w₀) sigmoid(v(d))) ∈ [w₀ μ, μ] (w₀ = 0.1), a third
+    head v(d) of the shared trunk d → 143 → 143, and A with 8 rows (45,813 parameters on Sioux
+    Falls). The true link costs are separable and increasing in each link's flow, with slopes that
+    the capacities (the context) set; w(d) ⊙ X is their linearisation. F_Θ is the gradient of
+    Σ_e w_e(d) X_e² / 2 + Σ ψ(A X + g(d)) + c(d)·X, convex with an L-Lipschitz gradient for the
+    same L = μ + a² (max_e w_e ≤ μ), so the same bound α < 2 / (K L) makes T averaged.
 
 - :class:`ExplicitTrafficNet`: an MLP d → X̂ with (about) a given parameter count.
 - :class:`MeanCapacityBaseline`: no learning; the equilibrium under the mean capacities.
@@ -62,8 +69,8 @@ __all__ = [
     "traffic_loss",
 ]
 
-VARIANTS = ("nfpn", "averaged", "averaged-wide")
-AVERAGED = ("averaged", "averaged-wide")
+VARIANTS = ("nfpn", "averaged", "averaged-wide", "averaged-diag")
+AVERAGED = ("averaged", "averaged-wide", "averaged-diag")
 """The variants with a cocoercive F_Θ (T averaged by construction)."""
 
 
@@ -107,6 +114,8 @@ class CocoerciveGameGradient(nn.Module):
     A: ``hidden`` × E with ‖A‖₂ ≤ a (``bound``); [g(d), c(d)] from one context network, a tanh MLP
     m → h_c (→ h_c, ``context_depth`` − 1 more layers) → hidden + E with h_c = ``context_hidden``. The
     bound holds for every context network: g and c only shift the argument and add a constant in X.
+    With ``diagonal=True`` μ X becomes w(d) ⊙ X, w(d) = μ (w₀ + (1 − w₀) sigmoid(v(d))) ∈ [w₀ μ, μ]
+    (w₀ = ``slope_floor``), v(d) a third head (E more outputs); the bound L = μ + a² is unchanged.
     """
 
     def __init__(
@@ -120,6 +129,8 @@ class CocoerciveGameGradient(nn.Module):
         slope: float = 0.1,
         context_hidden: int = 64,
         context_depth: int = 1,
+        diagonal: bool = False,
+        slope_floor: float = 0.1,
     ) -> None:
         super().__init__()
         if mu < 0 or bound <= 0 or not 0 <= slope <= 1:
@@ -129,6 +140,11 @@ class CocoerciveGameGradient(nn.Module):
                 f"CocoerciveGameGradient: context_depth ({context_depth}) and context_hidden "
                 f"({context_hidden}) must be >= 1"
             )
+        if not 0 < slope_floor <= 1:
+            raise ValueError(f"CocoerciveGameGradient: slope_floor must lie in (0, 1], got {slope_floor}")
+        self.diagonal = diagonal
+        self.slope_floor = slope_floor
+        self.num_links = num_links
         self.mu = mu
         self.bound = bound
         self.slope = slope
@@ -136,7 +152,8 @@ class CocoerciveGameGradient(nn.Module):
         layers: list[nn.Module] = [nn.Linear(context_dim, context_hidden), nn.Tanh()]
         for _ in range(context_depth - 1):  # the shared trunk m → h_c → … → h_c (tanh)
             layers += [nn.Linear(context_hidden, context_hidden), nn.Tanh()]
-        self.context_net = nn.Sequential(*layers, nn.Linear(context_hidden, hidden + num_links))
+        heads = hidden + (2 if diagonal else 1) * num_links  # [g(d), c(d)] or [g(d), c(d), v(d)]
+        self.context_net = nn.Sequential(*layers, nn.Linear(context_hidden, heads))
         self.hidden = hidden
 
     @property
@@ -144,13 +161,21 @@ class CocoerciveGameGradient(nn.Module):
         """L = μ + a² · max σ′, an upper bound of the Lipschitz constant of F_Θ(·, d) for every d."""
         return self.mu + self.bound**2 * max(1.0, self.slope)
 
-    def context_features(self, d: Tensor) -> Tensor:  # (B, m) -> (B, hidden + E): [g(d), c(d)]
-        return self.context_net(d)
+    def context_features(self, d: Tensor) -> Tensor:
+        """[g(d), c(d)] (B, hidden + E), or [g(d), c(d), w(d)] (B, hidden + 2E) when diagonal."""
+        out = self.context_net(d)
+        if not self.diagonal:
+            return out
+        h, e = self.hidden, self.num_links
+        w = self.mu * (self.slope_floor + (1.0 - self.slope_floor) * torch.sigmoid(out[:, h + e :]))
+        return torch.cat([out[:, : h + e], w], dim=1)
 
-    def forward(self, x: Tensor, cd: Tensor) -> Tensor:  # (B, E), (B, hidden + E) -> (B, E)
-        g, c = cd[:, : self.hidden], cd[:, self.hidden :]
-        w = self.a.effective_weight()  # (hidden, E)
-        return self.mu * x + F.leaky_relu(x @ w.T + g, self.slope) @ w + c
+    def forward(self, x: Tensor, cd: Tensor) -> Tensor:  # (B, E), (B, hidden + E [+ E]) -> (B, E)
+        h, e = self.hidden, self.num_links
+        g, c = cd[:, :h], cd[:, h : h + e]
+        linear = cd[:, h + e :] * x if self.diagonal else self.mu * x  # w(d) ⊙ X or μ X
+        a = self.a.effective_weight()  # (hidden, E)
+        return linear + F.leaky_relu(x @ a.T + g, self.slope) @ a + c
 
 
 class TrafficNFPN(nn.Module):
@@ -161,12 +186,14 @@ class TrafficNFPN(nn.Module):
         flow_scale: s, link flows are divided by s inside the latent (e.g. the mean training flow).
         context_dim: m.
         variant: "nfpn" (the paper's F_Θ), "averaged" (cocoercive F_Θ; T averaged by construction) or
-            "averaged-wide" (the same F_Θ with a wide shared context trunk, see the module doc).
+            "averaged-wide" (the same F_Θ with a wide shared context trunk, see the module doc) or
+            "averaged-diag" (per-link context-dependent slopes w(d) ⊙ X in place of μ X).
         commodity: "origin" (K = origins) or "od" (K = OD pairs, as in the paper).
         alpha: α, the DYS step (1e-2 in the paper).
         hidden: width of F_Θ; default 100 for "nfpn" (the paper's 45,956 parameters on Sioux Falls)
             286 for "averaged" (45,970 parameters on Sioux Falls) and 8 for "averaged-wide" (trunk
-            m → 170 → 170; 45,912 parameters on Sioux Falls).
+            m → 170 → 170; 45,912 parameters on Sioux Falls) and "averaged-diag" (trunk m → 143 → 143;
+            45,813 parameters).
         mu, bound: μ and a of the averaged variant.
         context_scale: contexts are divided by it before F_Θ (d = 10 U[0, 1]^m → [0, 1]).
         solver, backward: fpnets solver (default Picard(tol, max_iter)) and backward mode (default JFB).
@@ -229,8 +256,11 @@ class TrafficNFPN(nn.Module):
         else:
             if variant == "averaged":
                 width, trunk = (286 if hidden is None else hidden), {}
-            else:
+            elif variant == "averaged-wide":
                 width, trunk = (8 if hidden is None else hidden), {"context_hidden": 170, "context_depth": 2}
+            else:
+                width = 8 if hidden is None else hidden
+                trunk = {"context_hidden": 143, "context_depth": 2, "diagonal": True}
             self.game = CocoerciveGameGradient(
                 self.num_links, context_dim, width, mu=mu, bound=bound, **trunk
             )
@@ -270,7 +300,7 @@ class TrafficNFPN(nn.Module):
         """2 / (K L): DYS is averaged for α below it (variant "averaged"; inf is not claimed for "nfpn")."""
         if self.variant not in AVERAGED:
             raise ValueError(
-                "averaged_step_limit: only the 'averaged' and 'averaged-wide' variants have a cocoercive F_Θ"
+                f"averaged_step_limit: only the {', '.join(AVERAGED)} variants have a cocoercive F_Θ"
             )
         return 2.0 / (self.num_commodities * self.game.lipschitz)
 
