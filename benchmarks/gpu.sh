@@ -37,9 +37,9 @@
 # every step's timeout (a slow or shared CPU; the deadline still holds).
 # Data (none on a bare GPU machine: copy them into the repo's ignored shared/ folder and carry it,
 # see docs/traffic.md, "Running on a GPU"): MNIST (IDX files) from $MNIST_DIR, shared/data/mnist,
-# ../shared/data/mnist, /work/shared/data/mnist or data/mnist; the reference code (Networks.py)
-# from $PEER_DIR, shared/peers/jfb-reference, ../shared/peers/jfb-reference or
-# /work/shared/peers/jfb-reference. $GPU_COMMIT (the commit, when the copy has no .git) goes to env.txt.
+# ../shared/data/mnist or data/mnist; the reference code (Networks.py) from $PEER_DIR,
+# shared/peers/jfb-reference or ../shared/peers/jfb-reference (paths relative to the repo root, never
+# absolute: a test compares what the script finds with what the repo holds). $GPU_COMMIT (the commit, when the copy has no .git) goes to env.txt.
 # Exit status: 1 if a required step failed or did not fit, 2 for a bad argument, else 0.
 
 set -u
@@ -200,9 +200,8 @@ first_dir() {  # first_dir FILE_OR_EMPTY DIR...: the first DIR that exists (and 
     done
     return 1
 }
-MNIST="$(first_dir "" "${MNIST_DIR:-}" shared/data/mnist ../shared/data/mnist /work/shared/data/mnist data/mnist)"
-PEER="$(first_dir Networks.py "${PEER_DIR:-}" shared/peers/jfb-reference ../shared/peers/jfb-reference \
-    /work/shared/peers/jfb-reference)"
+MNIST="$(first_dir "" "${MNIST_DIR:-}" shared/data/mnist ../shared/data/mnist data/mnist)"
+PEER="$(first_dir Networks.py "${PEER_DIR:-}" shared/peers/jfb-reference ../shared/peers/jfb-reference)"
 say "data: MNIST ${MNIST:-not found}; reference code ${PEER:-not found}"
 
 # The reference code's MNIST_FPN beside fpnets (benchmarks/vs_reference.py): training steps on the

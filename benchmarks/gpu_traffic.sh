@@ -33,8 +33,8 @@
 #   raw.tar.gz       per-step JSON and logs, the run folders (metrics.csv, plots; no checkpoints)
 # Every step runs under `timeout`, capped by what is left of the deadline.
 #
-# Data: the TNTP networks from --data-root, $FPNETS_GPU_DATA, shared/data, ../shared/data,
-# /work/shared/data or data (the first holding transportation-networks/Eastern-Massachusetts). On a
+# Data: the TNTP networks from --data-root, $FPNETS_GPU_DATA, shared/data, ../shared/data
+# or data (the first holding transportation-networks/Eastern-Massachusetts). On a
 # bare GPU machine copy them into the repo's ignored shared/ folder (docs/traffic.md, "Running on a
 # GPU"). Cache: $GPU_TRAFFIC_CACHE (a carried cache skips generation), else a temporary folder.
 # Python: $PYTHON, else python3, .venv/bin/python, python (torch, CUDA unless --cpu-smoke, scipy,
@@ -630,12 +630,12 @@ sed 's/^/    /' "$RAW/env.txt" | tee -a "$LOG"
 
 # ---------------------------------------------------------------------------------------------- data
 if [ -z "$DATA_ROOT" ]; then
-    for d in shared/data ../shared/data /work/shared/data data; do
+    for d in shared/data ../shared/data data; do
         if [ -d "$d/transportation-networks/Eastern-Massachusetts" ]; then DATA_ROOT=$d; break; fi
     done
 fi
 if [ -z "$DATA_ROOT" ] || [ ! -d "$DATA_ROOT/transportation-networks" ]; then
-    say "data: no transportation-networks/ under --data-root, \$FPNETS_GPU_DATA, shared/data, ../shared/data, /work/shared/data or data"
+    say "data: no transportation-networks/ under --data-root, \$FPNETS_GPU_DATA, shared/data, ../shared/data or data"
     cp "$LOG" "$OUT/summary.txt"
     exit 1
 fi
