@@ -30,11 +30,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def commit() -> str:
+def commit(short: bool = True) -> str:
+    """``git rev-parse HEAD`` of this repository (short or full hash), with ``+dirty`` when tracked
+    files changed, or "unknown" outside a git checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
@@ -427,18 +433,8 @@ class StepProbe:
 
 
 def git_commit() -> str:
-    """``git rev-parse HEAD`` of this repository (full hash), with ``+dirty`` when tracked files changed."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The full commit hash (see :func:`commit`)."""
+    return commit(short=False)
 
 
 def machine_load() -> dict[str, Any]:
