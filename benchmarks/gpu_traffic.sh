@@ -214,21 +214,6 @@ def solve_rows(span: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray,
     return lo, hi, res.link_flow, res.gap, time.perf_counter() - t, len(G["paths"])
 
 
-def context_model(network: Any, params: Any) -> Any:
-    """W exactly as fpnets.tasks.traffic.data.generate draws it for ``params``."""
-    from fpnets.tasks.traffic.network import ContextModel
-
-    return ContextModel.random(
-        network,
-        dim=params.dim,
-        seed=params.seed,
-        cap_range=params.cap_range,
-        first_column_scale=params.first_column_scale,
-        b=params.b,
-        power=params.power,
-    )
-
-
 def cmd_gen(args: argparse.Namespace) -> int:
     import fpnets.tasks.traffic.data as tdata
 
@@ -274,9 +259,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
         pass
 
     def calibrate(network: Any, params: Any, **_: Any) -> Any:
-        model = context_model(network, params)
-        G.update(network=network, model=model, params=params, gap=params.gap)
-        G["contexts"] = model.sample(n_max, seed=params.seed + 1)  # (N, m): rows are a prefix-stable stream
+        model, contexts = tdata.draw_contexts(network, params, n_max)  # (N, m): a prefix-stable stream
+        G.update(network=network, model=model, params=params, gap=params.gap, contexts=contexts)
         raise Calibrated
 
     with contextlib.suppress(Calibrated):
@@ -343,9 +327,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
     t_gen = time.perf_counter() - t_start
 
     def assemble(network_: Any, params_: Any, **_: Any) -> Any:
-        n = params_.n_train + params_.n_val + params_.n_test
-        model = context_model(network_, params_)
-        d = model.sample(n, seed=params_.seed + 1)
+        model, d = tdata.draw_contexts(network_, params_)
+        n = d.shape[0]
         if not (np.array_equal(model.weight, G["model"].weight) and np.array_equal(d, G["contexts"][:n])):
             raise RuntimeError("the contexts of the cut data set are not a prefix of the generated ones")
         return model, d, flows[:n], gaps[:n]

@@ -26,7 +26,7 @@ from torch import Tensor
 from .assignment import PathSet, solve_equilibrium
 from .network import ContextModel, Network
 
-__all__ = ["DataParams", "TrafficData", "TrafficSplit", "build_dataset", "generate"]
+__all__ = ["DataParams", "TrafficData", "TrafficSplit", "build_dataset", "draw_contexts", "generate"]
 
 FORMAT_VERSION = 1
 
@@ -106,14 +106,12 @@ class TrafficData:
         return self.model.capacity(self.network, context.detach().cpu().double().numpy())
 
 
-def generate(
-    network: Network, params: DataParams, *, chunk: int = 500, max_iter: int = 500
-) -> tuple[ContextModel, np.ndarray, np.ndarray, np.ndarray]:
-    """(context model, contexts (N, m), flows (N, E), gaps (N,)) for N = n_train + n_val + n_test.
-
-    Contexts are solved ``chunk`` at a time, all sharing one path set (column generation).
-    Raises RuntimeError if an equilibrium misses the target gap.
-    """
+def draw_contexts(
+    network: Network, params: DataParams, n: int | None = None
+) -> tuple[ContextModel, np.ndarray]:
+    """The context model (W drawn from ``params.seed``) and the first ``n`` contexts d (n, m) of its
+    stream (seed + 1; default n = n_train + n_val + n_test). The rows form a prefix-stable stream:
+    a smaller n gives the leading rows of a larger one."""
     model = ContextModel.random(
         network,
         dim=params.dim,
@@ -123,8 +121,21 @@ def generate(
         b=params.b,
         power=params.power,
     )
-    n = params.n_train + params.n_val + params.n_test
-    d = model.sample(n, seed=params.seed + 1)  # (N, m)
+    if n is None:
+        n = params.n_train + params.n_val + params.n_test
+    return model, model.sample(n, seed=params.seed + 1)  # (n, m)
+
+
+def generate(
+    network: Network, params: DataParams, *, chunk: int = 500, max_iter: int = 500
+) -> tuple[ContextModel, np.ndarray, np.ndarray, np.ndarray]:
+    """(context model, contexts (N, m), flows (N, E), gaps (N,)) for N = n_train + n_val + n_test.
+
+    Contexts (:func:`draw_contexts`) are solved ``chunk`` at a time, all sharing one path set
+    (column generation). Raises RuntimeError if an equilibrium misses the target gap.
+    """
+    model, d = draw_contexts(network, params)  # (N, m)
+    n = d.shape[0]
     flows = np.empty((n, network.num_links))
     gaps = np.empty(n)
     paths = PathSet(network)
