@@ -241,3 +241,13 @@ def test_fixed_point_of_contractive_operator_with_ift_matches_unrolled_long() ->
         grads[name] = [p.grad.clone() for p in op.parameters()]
     for a, b in zip(grads["ift"], grads["unrolled"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3, 3), (4, 1, 3, 3), (1, 1, 3, 3)])
+def test_conv_operator_norm_of_a_single_channel_side_equals_the_symbols_spectral_norm(shape) -> None:
+    # one input or output channel: the vector shortcut must equal the SVD of the Fourier symbol
+    w = torch.randn(*shape, dtype=torch.float64)
+    n_h, n_w = 6 + 2, 5 + 2
+    symbol = torch.fft.fft2(w, s=(n_h, n_w)).permute(2, 3, 0, 1).reshape(n_h * n_w, shape[0], shape[1])
+    exact = torch.linalg.matrix_norm(symbol, ord=2).amax()
+    torch.testing.assert_close(conv_operator_norm(w, (6, 5)), exact, rtol=1e-12, atol=0)

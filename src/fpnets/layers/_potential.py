@@ -38,19 +38,6 @@ below 0)."""
 _INITS = ("difference", "random")
 
 
-def _symbol_norm(weight: Tensor, spatial: tuple[int, int]) -> Tensor:
-    """L ≥ ‖conv(·, weight)‖₂ (zero padding, stride 1) on an input of size ``spatial``.
-
-    With one input or one output channel the Fourier symbol at each frequency is a vector, whose
-    spectral norm is its Euclidean norm (no SVD); otherwise :func:`conv_operator_norm`.
-    """
-    c_out, c_in, kh, kw = weight.shape
-    if c_in != 1 and c_out != 1:
-        return conv_operator_norm(weight, spatial)
-    symbol = torch.fft.fft2(weight, s=(spatial[0] + kh - 1, spatial[1] + kw - 1))  # (C_out, C_in, h, w)
-    return torch.sqrt((symbol.real**2 + symbol.imag**2).sum(dim=(0, 1)).amax())
-
-
 def conv_power_norm(
     weight: Tensor,
     spatial: tuple[int, int],
@@ -176,11 +163,11 @@ class ConvexPotentialConv2d(nn.Module):
         w = self.weight
         spatial = (int(spatial[0]), int(spatial[1]))
         if torch.is_grad_enabled() and w.requires_grad:
-            return _symbol_norm(w, spatial)
+            return conv_operator_norm(w, spatial)
         key = (w._version, w.data_ptr(), w.dtype, w.device, spatial)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, _symbol_norm(w, spatial))
+                self._cache = (key, conv_operator_norm(w, spatial))
         return self._cache[1]
 
     def step_size(self, spatial: tuple[int, int]) -> float:

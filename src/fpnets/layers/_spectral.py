@@ -25,11 +25,14 @@ def conv_operator_norm(weight: Tensor, spatial: tuple[int, int]) -> Tensor:
     convolution of an H × W input keeps a subset of the outputs of the full linear convolution,
     which is the circular convolution on an (H + k_h − 1) × (W + k_w − 1) grid restricted to
     inputs supported on H × W; that circular operator's norm is the largest singular value of its
-    Fourier symbol Ŵ(ω) over the grid's frequencies.
+    Fourier symbol Ŵ(ω) over the grid's frequencies. With one input or one output channel Ŵ(ω) is
+    a vector, whose spectral norm is its Euclidean norm (no SVD).
     """
     c_out, c_in, kh, kw = weight.shape
     n_h, n_w = spatial[0] + kh - 1, spatial[1] + kw - 1
     symbol = torch.fft.fft2(weight, s=(n_h, n_w))  # (C_out, C_in, n_h, n_w) complex
+    if c_in == 1 or c_out == 1:
+        return torch.sqrt((symbol.real**2 + symbol.imag**2).sum(dim=(0, 1)).amax())
     symbol = symbol.permute(2, 3, 0, 1).reshape(n_h * n_w, c_out, c_in)
     return torch.linalg.matrix_norm(symbol, ord=2).amax()
 
