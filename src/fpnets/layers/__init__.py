@@ -7,7 +7,7 @@ from ._contractive import (
     reference_rescale_,
     rescale_to_gamma_,
 )
-from ._potential import POTENTIAL_ACTIVATIONS, ConvexPotentialConv2d, conv_power_norm
+from ._potential import POTENTIAL_ACTIVATIONS, ConvexPotentialConv2d
 from ._spectral import SpectralConv2d, SpectralLinear, conv_operator_norm
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "SpectralConv2d",
     "SpectralLinear",
     "conv_operator_norm",
-    "conv_power_norm",
     "lipschitz_estimate",
     "reference_rescale_",
     "rescale_to_gamma_",

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ._spectral import conv_operator_norm
 
-__all__ = ["POTENTIAL_ACTIVATIONS", "ConvexPotentialConv2d", "conv_power_norm"]
+__all__ = ["POTENTIAL_ACTIVATIONS", "ConvexPotentialConv2d"]
 
 POTENTIAL_ACTIVATIONS = ("hardtanh", "tanh", "relu", "leaky_relu")
 """Monotone activations σ with slope in [0, 1] (σ = Φ', Φ convex): hardtanh (Φ = Huber, a smoothed
@@ -36,32 +36,6 @@ POTENTIAL_ACTIVATIONS = ("hardtanh", "tanh", "relu", "leaky_relu")
 below 0)."""
 
 _INITS = ("difference", "random")
-
-
-def conv_power_norm(
-    weight: Tensor,
-    spatial: tuple[int, int],
-    padding: int,
-    iters: int = 100,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """‖conv(·, weight)‖₂ of the zero-padded stride-1 convolution on (C_in, H, W) inputs by power
-    iteration on WᵀW (``iters`` steps from a random start). Approaches the norm from below: a lower
-    bound, for checks (the layer uses the Fourier upper bound)."""
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"conv_power_norm: iters must be a positive integer, got {iters!r}")
-    w = weight.detach()
-    x = torch.randn(1, w.shape[1], *spatial, dtype=w.dtype, device=w.device, generator=generator)
-    x = x / torch.linalg.vector_norm(x)
-    sigma = torch.zeros((), dtype=w.dtype, device=w.device)
-    with torch.no_grad():
-        for _ in range(iters):
-            y = F.conv_transpose2d(F.conv2d(x, w, padding=padding), w, padding=padding)  # WᵀW x
-            n = torch.linalg.vector_norm(y)
-            if n == 0:
-                return sigma
-            sigma, x = n.sqrt(), y / n
-    return sigma
 
 
 class ConvexPotentialConv2d(nn.Module):
