@@ -120,7 +120,7 @@ def run(root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("name", ["traffic-siouxfalls", "traffic-ema"])
 @pytest.mark.parametrize(
-    "variant", ["averaged", "averaged-wide", "averaged-diag", "nfpn", "explicit", "mean-capacity"]
+    "variant", ["averaged", "averaged-wide", "averaged-diag", "bpr", "nfpn", "explicit", "mean-capacity"]
 )
 def test_configs_resolve_and_round_trip(name: str, variant: str) -> None:
     cfg = load_config(name, [f"model.variant={json.dumps(variant)}"])
@@ -286,12 +286,17 @@ def test_mean_capacity_baseline_is_evaluated_not_trained(root: Path, tmp_path: P
         (["model.alpha=-1.0"], "model.alpha must be a positive number"),
         (
             ['model.variant="fast"'],
-            "model.variant must be one of nfpn, averaged, averaged-wide, averaged-diag, explicit, mean-capacity",
+            "model.variant must be one of nfpn, averaged, averaged-wide, averaged-diag, bpr, explicit, mean-capacity",
         ),
         (['model.commodity="path"'], "commodity"),
         (["data.gap=0.1"], r"data.gap must lie in \(0, 1e-3\)"),
         (["data.n_train=0"], "data.n_train must be >= 1"),
         (["data.cap_range=1.5"], r"data.cap_range must lie in \(0, 1\)"),
+        (['model.variant="bpr"', "model.cap_range=1.5"], r"model.cap_range must lie in \(0, 1\)"),
+        (['model.variant="bpr"', "model.gap=0.0"], r"model.gap must lie in \(0, 1\)"),
+        (['model.variant="bpr"', "model.rounds=0"], "model.rounds must be >= 1"),
+        (['model.variant="bpr"', "model.hidden=-1"], r"model.hidden must be >= 1 \(>= 0 for bpr"),
+        (["model.cap_range=0.5"], "model.cap_range applies to the bpr variant"),
         (['task.wardrop_gap="sometimes"'], "wardrop_gap"),
         (['train.select="val.acc"'], "train.select must be one of val.loss, val.rel_error"),
     ],
@@ -317,3 +322,18 @@ def test_missing_network_is_a_data_error(root: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="network 'Atlantis' not found"):
         train(cfg, run_dir=tmp_path / "run", data_dir=root)
     assert not (tmp_path / "run").exists()
+
+
+def test_bpr_variant_trains_through_the_trainer_and_evaluates(root: Path, tmp_path: Path) -> None:
+    # every forward is the certified equilibrium of the learned costs: one Picard check per sample,
+    # flow conserved to float32 rounding, the same test metrics again from the checkpoint
+    cfg = tiny(
+        root, 'model.variant="bpr"', "model.hidden=4", "model.gap=1e-9", "train.epochs=2", "run.plots=false"
+    )
+    result = train(cfg, run_dir=tmp_path / "bpr", data_dir=root, progress=False)
+    rows = read_metrics_csv(result.run_dir / "metrics.csv")
+    assert all(float(r["val_iters"]) == 1.0 and float(r["train_iters"]) == 1.0 for r in rows)
+    assert result.test["conservation"] < 1e-5
+    stats = evaluate_checkpoint(result.run_dir, data_dir=root, device="cpu")
+    for key in ("loss", "rel_error", "trafix", "conservation", "iters"):
+        assert stats[key] == pytest.approx(result.test[key], rel=1e-5, abs=1e-9), key

@@ -37,8 +37,10 @@ __all__ = [
     "PathSet",
     "all_or_nothing",
     "commodity_flows",
+    "free_flow_path_flow",
     "relative_gap",
     "solve_equilibrium",
+    "splitting_latent",
 ]
 
 
@@ -174,6 +176,68 @@ def commodity_flows(
     return out
 
 
+def node_potentials(network: Network, t: np.ndarray, commodity: str = "origin") -> np.ndarray:
+    """(C, K, n) shortest-path costs μ_k from each commodity's origin to every node under link costs
+    t (C, E), with μ_k = 0 at the origin itself.
+
+    Nodes that the origin cannot reach get a common finite label above every reachable one (so the
+    reduced costs t_e + μ_tail − μ_head of :func:`splitting_latent` stay ≥ 0 on every link whose
+    head is reachable, and no inf enters the arithmetic).
+    """
+    sp = network.shortest_paths()
+    n = network.num_nodes
+    origins = network.origins
+    t = np.atleast_2d(np.asarray(t, dtype=np.float64))
+    mu = np.empty((t.shape[0], len(origins), n))
+    for c in range(t.shape[0]):
+        dist, _, _ = sp.trees(t[c])  # (K_origins, graph nodes): the zones' source copies come after n
+        mu[c] = dist[:, :n]
+    mu[:, np.arange(len(origins)), origins] = 0.0  # the origin's own label (its source copy's)
+    finite = np.isfinite(mu)
+    if not finite.all():
+        top = np.where(finite, mu, -np.inf).max(axis=2, keepdims=True)  # (C, K, 1)
+        mu = np.where(finite, mu, top + t.sum(1)[:, None, None] + 1.0)
+    if commodity == "origin":
+        return mu
+    if commodity == "od":
+        return mu[:, np.searchsorted(origins, network.od_pairs[0]), :]
+    raise ValueError(f"commodity must be 'origin' or 'od', got {commodity!r}")
+
+
+def splitting_latent(
+    network: Network,
+    t: np.ndarray,
+    flows: np.ndarray,
+    alpha: float | np.ndarray,
+    *,
+    flow_scale: float = 1.0,
+    time_scale: float = 1.0,
+    commodity: str = "origin",
+) -> np.ndarray:
+    """The fixed point ζ* (C, K, E) of the Davis–Yin operator of :class:`~.models.TrafficNFPN` at an
+    equilibrium: ζ* = x*/s − (α/τ) r, r_{k,e} = t_e + μ_k(tail e) − μ_k(head e).
+
+    With x = P_C1(ζ), y = P_C2(2x − ζ − α F(x)), T(ζ) = ζ − x + y and F = t/τ (link costs in units
+    of τ, flows in units of s): r ≥ 0 are the reduced costs under the node potentials μ of
+    :func:`node_potentials`, and r = 0 on every link that commodity k uses at an equilibrium, so
+    P_C1(ζ*) = x* (the commodity flows); 2x* − ζ* − αF = x* − (α/τ) Nᵀμ differs from x* by a vector
+    in the range of Nᵀ, orthogonal to the affine set C2 ∋ x*, so y = x* and T(ζ*) = ζ*. Links a
+    commodity may not use (C1 forces 0 on them) satisfy the same identity. The closer ``flows`` are
+    to an equilibrium of t, the smaller ‖T(ζ*) − ζ*‖: it is the check.
+
+    Args:
+        t: (C, E) link costs at the equilibrium link flows Σ_k x*_k.
+        flows: (C, K, E) commodity link flows x* in vehicles (:func:`commodity_flows`).
+        alpha: α, the Davis–Yin step, or a (C, K, E) array of per-link steps D (the fixed point of
+            the Davis–Yin operator in the metric of D⁻¹, ``TrafficNFPN.metric_operator``).
+        flow_scale, time_scale: s and τ.
+    """
+    t = np.atleast_2d(np.asarray(t, dtype=np.float64))
+    mu = node_potentials(network, t, commodity)  # (C, K, n)
+    reduced = t[:, None, :] + mu[:, :, network.tail] - mu[:, :, network.head]  # (C, K, E)
+    return np.asarray(flows, dtype=np.float64) / flow_scale - (alpha / time_scale) * reduced
+
+
 def all_or_nothing(network: Network, cost: np.ndarray | None = None, commodity: str = "origin") -> np.ndarray:
     """(K, E) commodity link flows when every OD pair takes its shortest path under ``cost`` (E,)
     (default: the free-flow times t₀)."""
@@ -187,6 +251,19 @@ def all_or_nothing(network: Network, cost: np.ndarray | None = None, commodity: 
         pid, _ = paths.add(w, sp.path(pred[sp.origin_row(o[w])], winner, int(d[w])))
         h[pid] = q[w]
     return commodity_flows(network, paths, h[None, :], commodity)[0]
+
+
+def free_flow_path_flow(network: Network, paths: PathSet, t0: np.ndarray | None = None) -> np.ndarray:
+    """(P,) path flows of all-or-nothing on the shortest paths under t0 (E,) (default: the free-flow
+    times), on ``paths`` (the shortest paths are added to it)."""
+    t0 = network.free_flow_time if t0 is None else np.asarray(t0, dtype=np.float64)
+    o, d, q = network.od_pairs
+    sp = network.shortest_paths()
+    _, pred, winner = sp.trees(t0)
+    pid_w = [paths.add(w, sp.path(pred[sp.origin_row(o[w])], winner, int(d[w])))[0] for w in range(len(q))]
+    h = np.zeros(len(paths))
+    h[pid_w] = q
+    return h
 
 
 def _dijkstra_round(network: Network, paths: PathSet, t: np.ndarray, add: bool) -> tuple[np.ndarray, bool]:
@@ -343,18 +420,11 @@ def solve_equilibrium(
     costs = network.costs() if costs is None else costs
     num_c = costs.num_contexts
     paths = PathSet(network) if paths is None else paths
-    o, d, q = network.od_pairs
+    q = network.od_pairs[2]
     if init_path_flow is None or len(paths) == 0:
         # all-or-nothing on the free-flow shortest paths (t₀ does not depend on the context)
-        t0 = costs.time(np.zeros((1, network.num_links)))[:1]
-        sp = network.shortest_paths()
-        _, pred, winner = sp.trees(t0[0])
-        pid_w = []
-        for w in range(len(q)):
-            pid, _ = paths.add(w, sp.path(pred[sp.origin_row(o[w])], winner, int(d[w])))
-            pid_w.append(pid)
-        h = np.zeros((num_c, len(paths)))
-        h[:, pid_w] = q[None, :]
+        h0 = free_flow_path_flow(network, paths, costs.time(np.zeros((1, network.num_links)))[0])
+        h = np.broadcast_to(h0, (num_c, len(paths))).copy()
     else:
         h0 = np.asarray(init_path_flow, dtype=np.float64)
         h = np.broadcast_to(h0, (num_c, h0.shape[-1])).copy()

@@ -39,6 +39,19 @@
     Σ_e w_e(d) X_e² / 2 + Σ ψ(A X + g(d)) + c(d)·X, convex with an L-Lipschitz gradient for the
     same L = μ + a² (max_e w_e ≤ μ), so the same bound α < 2 / (K L) makes T averaged.
 
+  * ``variant="bpr"``: F_Θ(X, d) = t̂(sX; d)/τ, the network's BPR cost form with learned,
+    context-dependent capacities and a learned B: t̂_e(v; d) = t₀_e (1 + B̂ (v / ĉ_e(d))^{p_e}),
+    ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))) (h_Θ a tanh MLP m → h → h → E, r = ``cap_range``), p the link
+    file's powers, τ the mean free-flow time (:class:`LearnedCapacityCosts`). F_Θ is the gradient
+    of the convex Beckmann potential Σ_e ∫₀^{X_e} t̂_e, hence monotone, and the N-FPN's fixed point
+    is the Wardrop equilibrium of the learned costs. The forward solve does not iterate T from
+    scratch: it computes that equilibrium with the certified assignment solver
+    (:func:`~.assignment.solve_equilibrium`, relative gap ≤ ``gap``), builds the exact Davis–Yin
+    fixed point ζ* from it (:func:`~.assignment.splitting_latent`), and hands ζ* to the core
+    solver as z₀, which checks ‖T(ζ*) − ζ*‖ against its tolerance (and iterates T if it is
+    missed); JFB then differentiates one application of T at ζ*. Convergence is certified per
+    sample by the Wardrop gap, not by a Lipschitz bound.
+
 - :class:`ExplicitTrafficNet`: an MLP d → X̂ with (about) a given parameter count.
 - :class:`MeanCapacityBaseline`: no learning; the equilibrium under the mean capacities.
 """
@@ -63,13 +76,14 @@ from .network import Network
 
 __all__ = [
     "ExplicitTrafficNet",
+    "LearnedCapacityCosts",
     "MeanCapacityBaseline",
     "TrafficNFPN",
     "explicit_hidden_size",
     "traffic_loss",
 ]
 
-VARIANTS = ("nfpn", "averaged", "averaged-wide", "averaged-diag")
+VARIANTS = ("nfpn", "averaged", "averaged-wide", "averaged-diag", "bpr")
 AVERAGED = ("averaged", "averaged-wide", "averaged-diag")
 """The variants with a cocoercive F_Θ (T averaged by construction)."""
 
@@ -186,8 +200,9 @@ class TrafficNFPN(nn.Module):
         flow_scale: s, link flows are divided by s inside the latent (e.g. the mean training flow).
         context_dim: m.
         variant: "nfpn" (the paper's F_Θ), "averaged" (cocoercive F_Θ; T averaged by construction) or
-            "averaged-wide" (the same F_Θ with a wide shared context trunk, see the module doc) or
-            "averaged-diag" (per-link context-dependent slopes w(d) ⊙ X in place of μ X).
+            "averaged-wide" (the same F_Θ with a wide shared context trunk, see the module doc),
+            "averaged-diag" (per-link context-dependent slopes w(d) ⊙ X in place of μ X) or "bpr"
+            (BPR costs with learned capacities, forward by the assignment solver).
         commodity: "origin" (K = origins) or "od" (K = OD pairs, as in the paper).
         alpha: α, the DYS step (1e-2 in the paper).
         hidden: width of F_Θ; default 100 for "nfpn" (the paper's 45,956 parameters on Sioux Falls)
@@ -202,6 +217,10 @@ class TrafficNFPN(nn.Module):
         initial: the starting latent z₀: "free-flow" (every OD pair on its free-flow shortest path: a
             point of C1 ∩ C2), "min-norm" (N⁺ b_k, the minimum-norm point of C2), "zero", or a (K, E)
             array of commodity flows in vehicles (e.g. from :func:`~.assignment.commodity_flows`).
+            Not used by "bpr" (its z₀ is the fixed point from the equilibrium solve).
+        cap_range: bpr: r in ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))).
+        gap, rounds: bpr: the target relative Wardrop gap and the most column-generation rounds of
+            its forward equilibrium solve.
 
     Attributes:
         solution: the :class:`fpnets.Solution` of the last forward (detached).
@@ -226,6 +245,9 @@ class TrafficNFPN(nn.Module):
         max_iter: int = 50,
         warn: bool = False,
         initial: str | np.ndarray = "free-flow",
+        cap_range: float = 0.5,
+        gap: float = 1e-7,
+        rounds: int = 200,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -249,10 +271,25 @@ class TrafficNFPN(nn.Module):
         self.register_buffer(
             "allowed", torch.as_tensor(~network.forbidden_links(commodity), dtype=torch.float32)
         )
-        if variant == "nfpn":
-            self.game: nn.Module = PaperGameGradient(
-                self.num_links, context_dim, 100 if hidden is None else hidden
-            )
+        self.network = network
+        self.gap = float(gap)
+        self.rounds = int(rounds)
+        self.paths = None  # the bpr variant's shared path set (grows over calls: a warm start)
+        self._warm: dict[bytes, np.ndarray] = {}  # bpr: the last path flows of each context seen
+        self.equilibrium_gap: np.ndarray | None = None  # bpr: the relative gaps of the last solve (B,)
+        self.equilibrium_rounds: np.ndarray | None = None  # bpr: its column-generation rounds (B,)
+        if variant == "bpr":
+            if not 0 < gap < 1:
+                raise ValueError(f"gap must lie in (0, 1), got {gap!r}")
+            if rounds < 1:
+                raise ValueError(f"rounds must be >= 1, got {rounds!r}")
+            width = explicit_hidden_size(45956, context_dim, self.num_links) if hidden is None else hidden
+            self.unused_weight = 1e-2  # β: D on the links a commodity does not use, relative
+            self.register_buffer("incidence", torch.as_tensor(network.incidence, dtype=torch.float32))  # N
+            self.register_buffer("demand_b", torch.as_tensor(b, dtype=torch.float32))  # b_k / s (K, n)
+            self.game: nn.Module = LearnedCapacityCosts(network, flow_scale, context_dim, width, cap_range)
+        elif variant == "nfpn":
+            self.game = PaperGameGradient(self.num_links, context_dim, 100 if hidden is None else hidden)
         else:
             if variant == "averaged":
                 width, trunk = (286 if hidden is None else hidden), {}
@@ -328,18 +365,186 @@ class TrafficNFPN(nn.Module):
         """z₀ (B, K, E), see ``initial``."""
         return self.z0.to(dtype=dtype, device=device).unsqueeze(0).expand(batch, -1, -1).contiguous()
 
+    def metric_operator(self, z: Tensor, cd: Tensor, metric: Tensor, correction: Tensor) -> Tensor:
+        """T_D(z; d) = z − x + P^D_C2(2x − z − D ⊙ F(x; d)), x = P_C1(z): Davis–Yin in the metric of
+        D⁻¹ (the bpr variant's operator).
+
+        D = ``metric`` (B, K, E) > 0 is a per-commodity diagonal step: α times the inverse slope of
+        the learned cost of each link the commodity uses at the equilibrium, and α β times their
+        median on the others (β = 1e-2), and
+        P^D_C2(v)_k = v_k − ``correction``_k (N v_k − b_k) with correction_k = D_k Nᵀ (N D_k Nᵀ)⁺
+        (B, K, E, n), the projection onto C2 in that metric. Any fixed point of T_D is a Wardrop
+        equilibrium of F (the same variational inequality, in another metric), and x* itself is one
+        (:meth:`equilibrium_latent`). D ⊙ dF is the first-order response of link flows to a change of
+        their costs (a flow shifts by the cost change over the link's slope), so JFB's one step of
+        T_D is a Newton-scaled step where one step of the Euclidean T is dominated by the steepest,
+        most congested links.
+        """
+        x = self.project_c1(z)
+        v = 2.0 * x - z - metric * self.game_gradient(x, cd)  # (B, K, E)
+        excess = torch.einsum("ne,bke->bkn", self.incidence, v) - self.demand_b  # N v_k − b_k
+        y = v - torch.einsum("bken,bkn->bke", correction, excess)
+        return z - x + y
+
+    def equilibrium_latent(self, cd: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(ζ* (B, K, E), D (B, K, E), D Nᵀ (N D Nᵀ)⁺ (B, K, E, n)) at the equilibrium of the learned
+        costs (bpr): the fixed point of :meth:`metric_operator` and its metric.
+
+        Solves the Wardrop equilibria of t̂(·; d) for the batch with the assignment solver (gap ≤
+        ``gap``); ζ* = x*/s − D ⊙ r/τ (:func:`~.assignment.splitting_latent` with the per-link step
+        D; r the reduced costs, 0 on the used links). Warm start: the path set is kept
+        between calls, and each context starts from the path flows of its previous solve (a
+        context seen before, e.g. in the last epoch; others start all-or-nothing). The reached gaps
+        are in ``equilibrium_gap`` (a miss is data here: the core solver's check of ‖T(ζ*) − ζ*‖
+        then reports the sample as not converged).
+        """
+        import warnings
+
+        from .assignment import (
+            PathSet,
+            commodity_flows,
+            free_flow_path_flow,
+            solve_equilibrium,
+            splitting_latent,
+        )
+        from .network import LinkCosts
+
+        game = self.game
+        cap, power, b = game.link_costs(cd)
+        costs = LinkCosts(self.network.free_flow_time, cap, np.full(self.num_links, b), power)
+        if self.paths is None:
+            self.paths = PathSet(self.network)
+        h0 = free_flow_path_flow(self.network, self.paths)
+        keys = [row.tobytes() for row in d.detach().double().cpu().numpy()]
+        init = np.zeros((len(keys), len(self.paths)))
+        for i, key in enumerate(keys):
+            h = self._warm.get(key, h0)
+            init[i, : len(h)] = h
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a missed gap is recorded, not warned
+            res = solve_equilibrium(
+                self.network, costs, gap=self.gap, max_iter=self.rounds, paths=self.paths, init_path_flow=init
+            )
+        for key, h in zip(keys, res.path_flow, strict=True):
+            self._warm[key] = h.copy()
+        self.equilibrium_gap = res.gap
+        self.equilibrium_rounds = res.iterations
+        flows = commodity_flows(self.network, res.paths, res.path_flow, self.commodity)  # (B, K, E)
+        # D: the inverse slope of each used link's learned cost, in latent units (flow s per time τ)
+        slope = costs.derivative(res.link_flow) * self.flow_scale / game.time_scale  # (B, E)
+        used = flows > 1e-9 * max(float(flows.max()), 1e-300)  # (B, K, E)
+        floor = 1e-6 * max(float(slope.max()), 1e-300)
+        inverse = 1.0 / np.maximum(slope, floor)[:, None, :]  # (B, 1, E)
+        # unused links get a small common weight (β times the median over used links), so a
+        # commodity on a single path still sees the circulations through the rest of the network
+        typical = np.array(
+            [np.median(np.broadcast_to(inverse[i], used[i].shape)[used[i]]) for i in range(len(used))]
+        )
+        metric = self.alpha * np.where(used, inverse, self.unused_weight * typical[:, None, None])
+        inc = self.network.incidence  # (n, E)
+        lap = np.einsum("ie,bke,je->bkij", inc, metric, inc)  # N D_k Nᵀ, weighted Laplacians
+        correction = np.einsum("bke,ie,bkij->bkej", metric, inc, np.linalg.pinv(lap, hermitian=True))
+        zeta = splitting_latent(
+            self.network,
+            costs.time(res.link_flow),
+            flows,
+            metric,
+            flow_scale=self.flow_scale,
+            time_scale=game.time_scale,
+            commodity=self.commodity,
+        )
+        as_t = lambda a: torch.as_tensor(a, dtype=cd.dtype, device=cd.device)  # noqa: E731
+        return as_t(zeta), as_t(metric), as_t(correction)
+
     def forward(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
         if d.dim() != 2:
             raise ValueError(f"TrafficNFPN expects contexts of shape (B, m), got {tuple(d.shape)}")
         if not torch.isfinite(d).all():
             raise ValueError("TrafficNFPN: contexts hold NaN or Inf")
         cd = self.game.context_features(d / self.context_scale)  # (B, ·)
+        if self.variant == "bpr":
+            z0, metric, correction = self.equilibrium_latent(cd, d)
+            sol = fixed_point(
+                self.metric_operator,
+                z0,
+                cd,
+                metric,
+                correction,
+                solver=self.solver,
+                backward=self.backward_mode,
+                warn=self.warn,
+            )
+            self.solution = sol.detached()
+            return self.readout(sol.value)
         z0 = self.initial_latent(d.shape[0], cd.dtype, cd.device)
         sol = fixed_point(
             self.operator, z0, cd, solver=self.solver, backward=self.backward_mode, warn=self.warn
         )
         self.solution = sol.detached()
         return self.readout(sol.value)
+
+
+class LearnedCapacityCosts(nn.Module):
+    """F_Θ(X, d) = t₀ ⊙ (1 + B̂ (sX / ĉ(d))^p) / τ with ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))) (module doc).
+
+    X: link flows in units of s (B, E); the context features are the capacity ratios ĉ/c₀ (B, E).
+    B̂ = exp(log_b), one scalar initialised to the mean B of the link file; p: the file's powers.
+
+    Args:
+        network: the road network (t₀, c₀, B and p from its link file).
+        flow_scale: s.
+        context_dim: m.
+        hidden: width h of the capacity network m → h → h → E (tanh); 0 makes it linear, m → E.
+        cap_range: r ∈ (0, 1), the largest relative capacity change the model can express.
+    """
+
+    def __init__(
+        self, network: Network, flow_scale: float, context_dim: int, hidden: int, cap_range: float = 0.5
+    ) -> None:
+        super().__init__()
+        if not 0 < cap_range < 1:
+            raise ValueError(f"cap_range must lie in (0, 1) (capacities stay positive), got {cap_range!r}")
+        if hidden < 0:
+            raise ValueError(f"hidden must be >= 0, got {hidden}")
+        e = network.num_links
+        self.cap_range = float(cap_range)
+        self.flow_scale = float(flow_scale)
+        self.time_scale = float(network.free_flow_time.mean())
+        if not self.time_scale > 0:
+            raise ValueError("LearnedCapacityCosts: the free-flow times must not all be zero")
+        self.register_buffer(
+            "t0", torch.as_tensor(network.free_flow_time / self.time_scale, dtype=torch.float32)
+        )
+        self.capacity = np.asarray(network.capacity, dtype=np.float64)  # c₀ in vehicles (E,)
+        self.register_buffer("c0", torch.as_tensor(network.capacity / flow_scale, dtype=torch.float32))
+        self.register_buffer("power", torch.as_tensor(network.power, dtype=torch.float32))
+        b0 = float(np.mean(network.b)) if np.mean(network.b) > 0 else 0.15
+        self.log_b = nn.Parameter(torch.tensor(math.log(b0)))
+        if hidden == 0:
+            self.capacity_net: nn.Module = nn.Linear(context_dim, e)
+        else:
+            self.capacity_net = nn.Sequential(
+                nn.Linear(context_dim, hidden),
+                nn.Tanh(),
+                nn.Linear(hidden, hidden),
+                nn.Tanh(),
+                nn.Linear(hidden, e),
+            )
+        last = self.capacity_net if hidden == 0 else self.capacity_net[-1]
+        nn.init.zeros_(last.weight)  # start at the file's capacities: ĉ = c₀
+        nn.init.zeros_(last.bias)
+
+    def context_features(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E) ĉ(d)/c₀
+        return 1.0 + self.cap_range * torch.tanh(self.capacity_net(d))
+
+    def link_costs(self, ratio: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+        """(ĉ (B, E) in vehicles, powers (E,), B̂) as float64 numpy, for the assignment solver."""
+        cap = ratio.detach().double().cpu().numpy() * self.capacity
+        return cap, self.power.double().cpu().numpy(), float(self.log_b.detach().exp())
+
+    def forward(self, x: Tensor, cd: Tensor) -> Tensor:  # (B, E), (B, E) -> (B, E)
+        ratio = x.clamp_min(0.0) / (self.c0 * cd)
+        return self.t0 * (1.0 + self.log_b.exp() * ratio**self.power)
 
 
 def explicit_hidden_size(num_params: int, context_dim: int, num_links: int) -> int:

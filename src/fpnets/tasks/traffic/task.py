@@ -9,7 +9,9 @@ depend on a context d (docs/traffic.md). The pieces are this package's:
 - models (``model.variant``): nfpn (the paper's Davis–Yin N-FPN), averaged (the N-FPN with a
   cocoercive game gradient: T averaged for every parameter value), averaged-wide (the same with
   a wide shared context trunk d → 170 → 170 and a narrow A), averaged-diag (per-link slopes w(d) ⊙ X
-  in place of μX, trunk d → 143 → 143), explicit (an MLP d → X̂ of about
+  in place of μX, trunk d → 143 → 143), bpr (the N-FPN whose game gradient is the network's BPR
+  cost form with learned context-dependent capacities; forward by the certified assignment
+  solver, backward JFB through one Davis–Yin step), explicit (an MLP d → X̂ of about
   the same parameter count); mean-capacity (the equilibrium under the mean training capacities,
   the same for every d) is an evaluation-only baseline, see :func:`evaluate_baseline`;
 - loss: :func:`~fpnets.tasks.traffic.traffic_loss`, mean(((X̂ − X*) / s)²), s the mean training
@@ -84,6 +86,7 @@ VARIANT_KEYS: dict[str, tuple[str, ...]] = {
     "averaged": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
     "averaged-wide": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
     "averaged-diag": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
+    "bpr": ("alpha", "commodity", "hidden", "cap_range", "gap", "rounds"),
     "explicit": ("hidden", "num_params"),
     "mean-capacity": (),
 }
@@ -230,7 +233,8 @@ class TrafficModelConfig(ModelConfig):
     commodity: str | None = None
     """The latent commodities: "origin" (K = origins, default) or "od" (one per OD pair, the paper's)."""
     hidden: int | None = None
-    """Width of F_Θ (nfpn: 100, averaged: 286, averaged-wide/-diag: 8) or of the explicit MLP (unset: from num_params)."""
+    """Width of F_Θ (nfpn: 100, averaged: 286, averaged-wide/-diag: 8, bpr: the capacity network's,
+    170; 0 = linear) or of the explicit MLP (unset: from num_params)."""
     mu: float | None = None
     """μ of the averaged F_Θ = μX + Aᵀσ(AX + g(d)) + c(d) (0.1)."""
     bound: float | None = None
@@ -239,6 +243,12 @@ class TrafficModelConfig(ModelConfig):
     """z₀: "free-flow" (default), "min-norm" or "zero"."""
     num_params: int | None = None
     """The explicit MLP's target parameter count (45,956, the paper's N-FPN)."""
+    cap_range: float | None = None
+    """bpr: r ∈ (0, 1) in ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))), the largest capacity change it can express (0.5)."""
+    gap: float | None = None
+    """bpr: the relative Wardrop gap its forward equilibrium solve reaches (1e-7)."""
+    rounds: int | None = None
+    """bpr: the most column-generation rounds of that solve (200)."""
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "variant": tuple(VARIANT_KEYS),
@@ -248,10 +258,18 @@ class TrafficModelConfig(ModelConfig):
 
     def check(self) -> None:
         check_variant_options(self, VARIANT_KEYS)
-        for key in ("hidden", "num_params"):
+        for key in ("num_params", "rounds"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {value}")
+        if self.hidden is not None and self.hidden < (0 if self.variant == "bpr" else 1):
+            raise ConfigError(
+                f"model.hidden must be >= 1 (>= 0 for bpr: 0 is a linear capacity map), got {self.hidden}"
+            )
+        for key in ("cap_range", "gap"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
+                raise ConfigError(f"model.{key} must lie in (0, 1), got {value}")
         for key in ("alpha", "bound"):
             value = getattr(self, key)
             if value is not None and not (value > 0 and math.isfinite(value)):
