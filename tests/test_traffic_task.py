@@ -337,3 +337,27 @@ def test_bpr_variant_trains_through_the_trainer_and_evaluates(root: Path, tmp_pa
     stats = evaluate_checkpoint(result.run_dir, data_dir=root, device="cpu")
     for key in ("loss", "rel_error", "trafix", "conservation", "iters"):
         assert stats[key] == pytest.approx(result.test[key], rel=1e-5, abs=1e-9), key
+
+
+def test_traffic_predict_benchmark_times_the_run_and_the_solver(run, root: Path, tmp_path: Path) -> None:
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic_predict.py"
+    out = tmp_path / "predict.json"
+    argv = [str(script), "--runs", str(run.run_dir), "--data-dir", str(root), "--repeats", "1"]
+    argv += ["--gaps", "1e-3,1e-8", "--out", str(out)]
+    saved = sys.argv
+    try:
+        sys.argv = argv
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = saved
+    payload = json.loads(out.read_text())
+    (model,) = payload["models"]
+    summary = json.loads((run.run_dir / "traffic_metrics.json").read_text())["test"]
+    assert model["relative_error"] == pytest.approx(summary["relative_error_total"], rel=1e-5)
+    assert model["contexts"] == 8 and model["cpu_s_per_context"] > 0
+    gaps = {(s["gap"], s["contexts"]): s["relative_error"] for s in payload["solver"]}
+    assert set(gaps) == {(1e-3, 8), (1e-3, 1), (1e-8, 8), (1e-8, 1)}
+    assert gaps[(1e-8, 8)] < 1e-5  # the solver at the data's gap reproduces the targets
