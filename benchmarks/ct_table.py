@@ -40,7 +40,7 @@ from fpnets.layers import lipschitz_estimate
 from fpnets.tasks.ct import FFPN
 from fpnets.tasks.ct.metrics import mse, psnr, ssim
 from fpnets.tasks.ct.task import CTTask
-from fpnets.train import config_from_dict, load_checkpoint, read_metrics_csv
+from fpnets.train import load_model, read_metrics_csv
 
 from common import command_line, environment, markdown_table, write_json
 
@@ -141,14 +141,10 @@ def evaluate_run(
     damping: float | None = None,
     lipschitz: bool = False,
 ) -> tuple[dict[str, Any], CTTask, Any]:
-    ckpt = load_checkpoint(run_dir, "best")
-    config = config_from_dict(ckpt.meta["config"])
-    task = config.make_task()
+    saved = load_model(run_dir, data_dir=data_dir, device="cpu")
+    config, task, splits, model = saved.config, saved.task, saved.splits, saved.model
     if not isinstance(task, CTTask):
         raise SystemExit(f"{run_dir} is a {config.task.name!r} run, not a CT run")
-    splits = task.load_splits(data_dir)
-    model = task.build_model()
-    model.load_state_dict(ckpt.model)
     if isinstance(model, FFPN) and (max_iter is not None or damping is not None):
         changes: dict[str, Any] = {} if max_iter is None else {"max_iter": max_iter}
         if damping is not None:
@@ -161,7 +157,7 @@ def evaluate_run(
         {
             "method": config.model.variant,
             "run": str(run_dir),
-            "best_epoch": ckpt.epoch,
+            "best_epoch": saved.checkpoint.epoch,
             "epochs": len(rows),
             "n_train": len(splits.train),
             "parameters": sum(p.numel() for p in model.parameters()),

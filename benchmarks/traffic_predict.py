@@ -1,8 +1,9 @@
 """Traffic: predicting equilibria with trained models against solving them (issue 10, item 3).
 
 For each run folder, load the best checkpoint and time the prediction of the test contexts in one
-batch (median of ``--repeats`` after a warm-up; for the bpr N-FPN each repeat starts from a fresh
-model, so no warm start from an earlier call helps it), with its forward iterations and accuracy.
+batch (median of ``--repeats`` after a warm-up; each repeat times a fresh copy of the model, made
+outside the timing, so the bpr N-FPN gets no warm start from an earlier call), with its forward
+iterations and accuracy.
 Against that, time the equilibrium solver (``solve_equilibrium``, the generator of the data) on the
 same contexts, all together and one alone, at several target gaps, with the accuracy each reaches.
 Also reports each run's median training time per epoch (metrics.csv). CPU seconds and wall seconds.
@@ -13,6 +14,7 @@ Also reports each run's median training time per epoch (metrics.csv). CPU second
 
 from __future__ import annotations
 
+import copy
 import csv
 import statistics
 import sys
@@ -26,32 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, environment, markdown_table, script_parser, write_json
 
 
-def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """(median wall s, median CPU s, last result) over ``repeats`` calls after one warm-up."""
-    out = fn()
+def timed(fn, repeats: int, setup=lambda: None) -> tuple[float, float, object]:
+    """(median wall s, median CPU s, last result) of ``fn(setup())`` over ``repeats`` calls after one
+    warm-up; ``setup`` runs outside the timed part."""
+    out = fn(setup())
     walls, cpus = [], []
     for _ in range(repeats):
+        arg = setup()
         w, c = time.perf_counter(), time.process_time()
-        out = fn()
+        out = fn(arg)
         walls.append(time.perf_counter() - w)
         cpus.append(time.process_time() - c)
     return statistics.median(walls), statistics.median(cpus), out
-
-
-def load_model(run: Path, data_dir: str):
-    from fpnets.train import config_from_dict, load_checkpoint
-
-    ckpt = load_checkpoint(run, "best")
-    config = config_from_dict(ckpt.meta["config"])
-    task = config.make_task()
-    splits = task.load_splits(data_dir)
-
-    def build():
-        model = task.build_model()
-        model.load_state_dict(ckpt.model)
-        return model.eval()
-
-    return config, task, splits, build
 
 
 def main() -> None:
@@ -65,19 +53,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from fpnets.tasks.traffic import solve_equilibrium
+    from fpnets.train import load_model
 
     rows, results, data = [], [], None
     for run in args.runs:
-        config, task, splits, build = load_model(run, args.data_dir)
-        data = task.dataset(args.data_dir)
-        d, x = splits.test.inputs[0], splits.test.target.double()
+        saved = load_model(run, data_dir=args.data_dir, device="cpu", dtype="float32")
+        config, pristine = saved.config, saved.model.eval()
+        data = saved.task.dataset(args.data_dir)
+        d, x = saved.splits.test.inputs[0], saved.splits.test.target.double()
 
-        def predict(build=build, d=d):
-            model = build()  # fresh: no warm start carried between repeats
+        def predict(model, d=d):
             with torch.no_grad():
                 return model(d).double(), model
 
-        wall, cpu, (pred, model) = timed(predict, args.repeats)
+        # a fresh copy per call (untimed): no warm start carried between repeats
+        wall, cpu, (pred, model) = timed(predict, args.repeats, lambda p=pristine: copy.deepcopy(p))
         sol = getattr(model, "solution", None)
         iters = float(sol.iterations.double().mean()) if sol is not None else None
         err = float(torch.linalg.norm(pred - x) / torch.linalg.norm(x))
@@ -108,7 +98,7 @@ def main() -> None:
         for n in (len(ctx), 1):
             costs = data.model.costs(data.network, ctx[:n])
             wall, cpu, res = timed(
-                lambda costs=costs, gap=gap: solve_equilibrium(data.network, costs, gap=gap), 1
+                lambda _, costs=costs, gap=gap: solve_equilibrium(data.network, costs, gap=gap), 1
             )
             err = float(np.linalg.norm(res.link_flow - flow[:n]) / np.linalg.norm(flow[:n]))
             solves.append(

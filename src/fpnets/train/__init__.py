@@ -34,7 +34,7 @@ from ._config import (
     sections_for,
 )
 from ._engine import ConfigError, dumps_toml, parse_override, read_toml
-from ._loop import Meter, TrainResult, evaluate, evaluate_checkpoint, is_better, train
+from ._loop import Meter, SavedModel, TrainResult, evaluate, evaluate_checkpoint, is_better, load_model, train
 from ._outputs import columns, read_metrics_csv, write_plots
 from ._state import RESUMABLE_CHANGES, RunLock, latest_run, new_run_dir
 from ._step import StepResult, train_step
@@ -51,6 +51,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "RunLock",
+    "SavedModel",
     "SolverConfig",
     "StepResult",
     "TrainConfig",
@@ -68,6 +69,7 @@ __all__ = [
     "latest_run",
     "load_checkpoint",
     "load_config",
+    "load_model",
     "new_run_dir",
     "parse_override",
     "read_metrics_csv",

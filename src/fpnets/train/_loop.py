@@ -777,6 +777,48 @@ def train(
         return trainer.fit()
 
 
+@dataclass
+class SavedModel:
+    """A trained model rebuilt from a checkpoint (:func:`load_model`)."""
+
+    config: Config
+    task: Any
+    splits: Any
+    model: nn.Module
+    checkpoint: Any
+
+
+def load_model(
+    path: str | Path,
+    *,
+    tag: str = "best",
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    splits: Any = None,
+) -> SavedModel:
+    """The model of a checkpoint (run directory → its ``tag`` checkpoint, or a manifest), built by the
+    task of the config stored in it, with the checkpoint's weights, on ``device`` in ``dtype``
+    (default: the run's); the task's splits are loaded from ``data_dir`` unless given."""
+    ckpt = load_checkpoint(path, tag)
+    stored = ckpt.meta.get("config")
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(f"checkpoint {str(ckpt.path)!r} holds no config")
+    config = config_from_dict(stored)
+    task = config.make_task()
+    if splits is None:
+        splits = task.load_splits(data_dir)
+    model = task.build_model().to(device=resolve_device(device), dtype=DTYPES[dtype or config.run.dtype])
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt.path)!r} does not fit the model its config builds: "
+            + " ".join(str(exc).split())[:300]
+        ) from None
+    return SavedModel(config, task, splits, model, ckpt)
+
+
 def evaluate_checkpoint(
     path: str | Path,
     *,
@@ -792,27 +834,25 @@ def evaluate_checkpoint(
     """
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
-    ckpt = load_checkpoint(path, "best")
-    stored = ckpt.meta.get("config")
-    if not isinstance(stored, Mapping):
-        raise CheckpointError(f"checkpoint {str(ckpt.path)!r} holds no config")
-    config = config_from_dict(stored)
-    task = config.make_task()
+    saved = load_model(path, data_dir=data_dir, device=device, dtype=dtype, splits=splits)
     dev = resolve_device(device)
-    dt = DTYPES[dtype or config.run.dtype]
-    if splits is None:
-        splits = task.load_splits(data_dir)
-    model = task.build_model().to(device=dev, dtype=dt)
-    try:
-        model.load_state_dict(ckpt.model)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {str(ckpt.path)!r} does not fit the model its config builds: "
-            + " ".join(str(exc).split())[:300]
-        ) from None
-    loader = task.loader(getattr(splits, split), train=False, device=dev)
-    stats = evaluate(task, model, loader, dt)
-    return {**stats, "epoch": ckpt.epoch, "split": split, "checkpoint": str(ckpt.path)}
+    loader = saved.task.loader(getattr(saved.splits, split), train=False, device=dev)
+    stats = evaluate(saved.task, saved.model, loader, DTYPES[dtype or saved.config.run.dtype])
+    return {
+        **stats,
+        "epoch": saved.checkpoint.epoch,
+        "split": split,
+        "checkpoint": str(saved.checkpoint.path),
+    }
 
 
-__all__ = ["Meter", "TrainResult", "evaluate", "evaluate_checkpoint", "is_better", "train"]
+__all__ = [
+    "Meter",
+    "SavedModel",
+    "TrainResult",
+    "evaluate",
+    "evaluate_checkpoint",
+    "is_better",
+    "load_model",
+    "train",
+]
