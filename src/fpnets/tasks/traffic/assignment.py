@@ -241,15 +241,8 @@ def splitting_latent(
 def all_or_nothing(network: Network, cost: np.ndarray | None = None, commodity: str = "origin") -> np.ndarray:
     """(K, E) commodity link flows when every OD pair takes its shortest path under ``cost`` (E,)
     (default: the free-flow times t₀)."""
-    cost = network.free_flow_time if cost is None else np.asarray(cost, dtype=np.float64)
-    sp = network.shortest_paths()
-    _, pred, winner = sp.trees(cost)
-    o, d, q = network.od_pairs
     paths = PathSet(network)
-    h = np.zeros(len(q))
-    for w in range(len(q)):
-        pid, _ = paths.add(w, sp.path(pred[sp.origin_row(o[w])], winner, int(d[w])))
-        h[pid] = q[w]
+    h = free_flow_path_flow(network, paths, cost)
     return commodity_flows(network, paths, h[None, :], commodity)[0]
 
 

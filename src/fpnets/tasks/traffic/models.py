@@ -44,9 +44,11 @@
     ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))) (h_Θ a tanh MLP m → h → h → E, r = ``cap_range``), p the link
     file's powers, τ the mean free-flow time (:class:`LearnedCapacityCosts`). F_Θ is the gradient
     of the convex Beckmann potential Σ_e ∫₀^{X_e} t̂_e, hence monotone, and the N-FPN's fixed point
-    is the Wardrop equilibrium of the learned costs. The forward solve does not iterate T from
-    scratch: it computes that equilibrium with the certified assignment solver
-    (:func:`~.assignment.solve_equilibrium`, relative gap ≤ ``gap``), builds the exact Davis–Yin
+    is the Wardrop equilibrium of the learned costs. Its operator is Davis–Yin in the metric of
+    D⁻¹, D a per-link step from the inverse slopes of the learned costs
+    (:meth:`TrafficNFPN.metric_operator`). The forward solve does not iterate it from scratch: it
+    computes the equilibrium with the certified assignment solver
+    (:func:`~.assignment.solve_equilibrium`, relative gap ≤ ``gap``), builds the operator's exact
     fixed point ζ* from it (:func:`~.assignment.splitting_latent`), and hands ζ* to the core
     solver as z₀, which checks ‖T(ζ*) − ζ*‖ against its tolerance (and iterates T if it is
     missed); JFB then differentiates one application of T at ζ*. Convergence is certified per
@@ -72,7 +74,7 @@ from ...backward import JFB, Backward
 from ...layers import SpectralLinear
 from ...operators.affine import AffineProjection
 from ...solvers import Picard, Solver
-from .network import Network
+from .network import LinkCosts, Network
 
 __all__ = [
     "ExplicitTrafficNet",
@@ -407,11 +409,9 @@ class TrafficNFPN(nn.Module):
             solve_equilibrium,
             splitting_latent,
         )
-        from .network import LinkCosts
 
         game = self.game
-        cap, power, b = game.link_costs(cd)
-        costs = LinkCosts(self.network.free_flow_time, cap, np.full(self.num_links, b), power)
+        costs = game.link_costs(cd)
         if self.paths is None:
             self.paths = PathSet(self.network)
         h0 = free_flow_path_flow(self.network, self.paths)
@@ -488,7 +488,8 @@ class LearnedCapacityCosts(nn.Module):
     """F_Θ(X, d) = t₀ ⊙ (1 + B̂ (sX / ĉ(d))^p) / τ with ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))) (module doc).
 
     X: link flows in units of s (B, E); the context features are the capacity ratios ĉ/c₀ (B, E).
-    B̂ = exp(log_b), one scalar initialised to the mean B of the link file; p: the file's powers.
+    B̂ = exp(log_b), one scalar initialised to the mean B of the link file (0.15 if it has none);
+    p: the file's powers.
 
     Args:
         network: the road network (t₀, c₀, B and p from its link file).
@@ -516,9 +517,10 @@ class LearnedCapacityCosts(nn.Module):
             "t0", torch.as_tensor(network.free_flow_time / self.time_scale, dtype=torch.float32)
         )
         self.capacity = np.asarray(network.capacity, dtype=np.float64)  # c₀ in vehicles (E,)
+        self.free_flow_time = np.asarray(network.free_flow_time, dtype=np.float64)  # t₀ (E,)
         self.register_buffer("c0", torch.as_tensor(network.capacity / flow_scale, dtype=torch.float32))
         self.register_buffer("power", torch.as_tensor(network.power, dtype=torch.float32))
-        b0 = float(np.mean(network.b)) if np.mean(network.b) > 0 else 0.15
+        b0 = float(np.mean(network.b)) if np.mean(network.b) > 0 else 0.15  # the usual BPR B if none
         self.log_b = nn.Parameter(torch.tensor(math.log(b0)))
         if hidden == 0:
             self.capacity_net: nn.Module = nn.Linear(context_dim, e)
@@ -537,10 +539,12 @@ class LearnedCapacityCosts(nn.Module):
     def context_features(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E) ĉ(d)/c₀
         return 1.0 + self.cap_range * torch.tanh(self.capacity_net(d))
 
-    def link_costs(self, ratio: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
-        """(ĉ (B, E) in vehicles, powers (E,), B̂) as float64 numpy, for the assignment solver."""
-        cap = ratio.detach().double().cpu().numpy() * self.capacity
-        return cap, self.power.double().cpu().numpy(), float(self.log_b.detach().exp())
+    def link_costs(self, ratio: Tensor) -> LinkCosts:
+        """The learned costs t̂(·; d) of a batch (capacity ratios ĉ/c₀ (B, E)) as float64
+        :class:`~.network.LinkCosts`, for the assignment solver."""
+        cap = ratio.detach().double().cpu().numpy() * self.capacity  # (B, E) vehicles
+        b = np.full(len(self.capacity), float(self.log_b.detach().exp()))
+        return LinkCosts(self.free_flow_time, cap, b, self.power.double().cpu().numpy())
 
     def forward(self, x: Tensor, cd: Tensor) -> Tensor:  # (B, E), (B, E) -> (B, E)
         ratio = x.clamp_min(0.0) / (self.c0 * cd)
@@ -593,7 +597,6 @@ class MeanCapacityBaseline(nn.Module):
     def from_data(cls, data: Any, *, gap: float = 1e-8) -> MeanCapacityBaseline:
         """Solve the equilibrium with c̄ = mean over the training contexts of c(d) (a TrafficData)."""
         from .assignment import solve_equilibrium
-        from .network import LinkCosts
 
         network = data.network
         mean_cap = data.capacities(data.train.context).mean(0, keepdims=True)  # (1, E)
