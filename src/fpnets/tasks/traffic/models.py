@@ -278,6 +278,7 @@ class TrafficNFPN(nn.Module):
         self.rounds = int(rounds)
         self.paths = None  # the bpr variant's shared path set (grows over calls: a warm start)
         self._warm: dict[bytes, np.ndarray] = {}  # bpr: the last path flows of each context seen
+        self._h0: np.ndarray | None = None  # bpr: all-or-nothing path flows on the free-flow paths
         self.equilibrium_gap: np.ndarray | None = None  # bpr: the relative gaps of the last solve (B,)
         self.equilibrium_rounds: np.ndarray | None = None  # bpr: its column-generation rounds (B,)
         if variant == "bpr":
@@ -412,9 +413,10 @@ class TrafficNFPN(nn.Module):
 
         game = self.game
         costs = game.link_costs(cd)
-        if self.paths is None:
+        if self.paths is None:  # the path set only grows, so the start h0's path ids stay valid
             self.paths = PathSet(self.network)
-        h0 = free_flow_path_flow(self.network, self.paths)
+            self._h0 = free_flow_path_flow(self.network, self.paths)
+        h0 = self._h0
         keys = [row.tobytes() for row in d.detach().double().cpu().numpy()]
         init = np.zeros((len(keys), len(self.paths)))
         for i, key in enumerate(keys):
