@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..._fixed_point import fixed_point
+from ..._warm import WarmStarts
 from ..._solution import Solution
 from ...backward import JFB, Backward
 from ...layers import SpectralLinear
@@ -223,6 +224,8 @@ class TrafficNFPN(nn.Module):
         cap_range: bpr: r in ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))).
         gap, rounds: bpr: the target relative Wardrop gap and the most column-generation rounds of
             its forward equilibrium solve.
+        warm_starts: bpr: how many contexts' last path flows are kept to start the next solve of the
+            same context (the least recently used are dropped; 0 = always start all-or-nothing).
 
     Attributes:
         solution: the :class:`fpnets.Solution` of the last forward (detached).
@@ -250,6 +253,7 @@ class TrafficNFPN(nn.Module):
         cap_range: float = 0.5,
         gap: float = 1e-7,
         rounds: int = 200,
+        warm_starts: int = 100_000,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -277,7 +281,8 @@ class TrafficNFPN(nn.Module):
         self.gap = float(gap)
         self.rounds = int(rounds)
         self.paths = None  # the bpr variant's shared path set (grows over calls: a warm start)
-        self._warm: dict[bytes, np.ndarray] = {}  # bpr: the last path flows of each context seen
+        # bpr: the last path flows of each context seen (the most recent ``warm_starts`` contexts)
+        self._warm: WarmStarts[np.ndarray] = WarmStarts(warm_starts)
         self._h0: np.ndarray | None = None  # bpr: all-or-nothing path flows on the free-flow paths
         self.equilibrium_gap: np.ndarray | None = None  # bpr: the relative gaps of the last solve (B,)
         self.equilibrium_rounds: np.ndarray | None = None  # bpr: its column-generation rounds (B,)
@@ -428,7 +433,7 @@ class TrafficNFPN(nn.Module):
                 self.network, costs, gap=self.gap, max_iter=self.rounds, paths=self.paths, init_path_flow=init
             )
         for key, h in zip(keys, res.path_flow, strict=True):
-            self._warm[key] = h.copy()
+            self._warm.put(key, h.copy())
         self.equilibrium_gap = res.gap
         self.equilibrium_rounds = res.iterations
         flows = commodity_flows(self.network, res.paths, res.path_flow, self.commodity)  # (B, K, E)
