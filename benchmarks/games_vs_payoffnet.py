@@ -1,4 +1,4 @@
-"""Contextual matrix games: N-FPN (and its contractive variant) against Payoff-Net.
+"""Contextual matrix games: the N-FPNs (the authors', contractive, model-based) against Payoff-Net.
 
 For each number of actions n, one dataset is generated (contexts d ~ U[0, 1]³, antisymmetric payoff
 B(d) with free entries W d, exact QRE targets; see docs/games.md) and every model is trained on it
@@ -14,8 +14,11 @@ defaults here are small, to run in a few minutes; the paper's scale is
     python benchmarks/games_vs_payoffnet.py --sizes 5,10,15,20,25 --train 2000 --test 100 --epochs 100 \\
         --batch 200 --data-dir ../shared/data/games --out benchmarks/results/games.json
 
-Learning rates default to the authors' (N-FPN: 1e-2 for n < 25, else 1e-3; Payoff-Net: 1e-1);
-``--lr`` overrides all. Payoff-Net's hidden width is chosen so its parameter count is closest to the
+Models (``--models``): nfpn, contractive, payoff (the model-based N-FPN: Payoff-Net's payoff network
+inside F_Θ, so its fixed point is the QRE of B̂(d); warm-started Newton forward, JFB gradient),
+payoff-cold (the same, every solve from uniform strategies) and payoffnet. Learning rates default
+to the authors' (N-FPN: 1e-2 for n < 25, else 1e-3; Payoff-Net and the payoff N-FPNs, which share
+its network: 1e-1); ``--lr`` overrides all. Payoff-Net's hidden width is chosen so its parameter count is closest to the
 N-FPN's (``--payoff-hidden 3`` gives the authors' network).
 """
 
@@ -36,6 +39,7 @@ from fpnets.tasks.games import (
     GameData,
     GameDataConfig,
     NashFPN,
+    PayoffNashFPN,
     PayoffNet,
     game_metrics,
     load_games,
@@ -45,7 +49,9 @@ from fpnets.tasks.games import (
 
 from common import choose, command_line, environment, fmt, markdown_table, script_parser, write_json
 
-MODEL_NAMES = ("nfpn", "contractive", "payoffnet")
+MODEL_NAMES = ("nfpn", "contractive", "payoff", "payoff-cold", "payoffnet")
+"""payoff: the model-based N-FPN (Payoff-Net's payoff network as F_Θ, JFB, warm-started Newton
+forward); payoff-cold: the same without warm starts (every solve from uniform strategies)."""
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -69,13 +75,16 @@ def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
         hidden = payoff_net_hidden_for(sum(p.numel() for p in NashFPN(n, k).parameters()), n, k)
     else:
         hidden = int(args.payoff_hidden)
+    if name in ("payoff", "payoff-cold"):
+        warm = 0 if name == "payoff-cold" else 100_000
+        return PayoffNashFPN(n, k, hidden=hidden, solver=solver, warm_starts=warm, warn=False)
     return PayoffNet(n, k, hidden=hidden)
 
 
 def learning_rate(name: str, n: int, args: argparse.Namespace) -> float:
     if args.lr is not None:
         return args.lr
-    if name == "payoffnet":
+    if name in ("payoffnet", "payoff", "payoff-cold"):  # the same payoff network: Payoff-Net's rate
         return 1e-1
     return 1e-2 if n < 25 else 1e-3
 

@@ -14,7 +14,14 @@ import fpnets
 from fpnets.cli import main
 from fpnets.data import DataError
 from fpnets.tasks import get_task
-from fpnets.tasks.games import ContractiveNashFPN, NashFPN, PayoffNet, duality_gap, qre_residual
+from fpnets.tasks.games import (
+    ContractiveNashFPN,
+    NashFPN,
+    PayoffNashFPN,
+    PayoffNet,
+    duality_gap,
+    qre_residual,
+)
 from fpnets.tasks.games.data import cache_path
 from fpnets.tasks.games.task import GamesTask, GameTarget, GameTensorSplit, games_data_dir
 from fpnets.train import (
@@ -32,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-VARIANTS = ("nfpn", "contractive", "payoffnet")
+VARIANTS = ("nfpn", "contractive", "payoff", "payoffnet")
 
 TINY = [
     "data.n_actions=4",
@@ -62,7 +69,7 @@ def test_bundled_config_resolves_and_round_trips(variant: str) -> None:
     assert cfg.run_name == f"games-n10-{variant}" and cfg.select == "val.mse"
     assert cfg.data.payoff_low < 0 < cfg.data.payoff_high  # mixed equilibria (see the config)
     assert (cfg.model.mu is not None) == (variant == "contractive")
-    assert (cfg.model.hidden is not None) == (variant == "payoffnet")
+    assert (cfg.model.hidden is not None) == (variant in ("payoff", "payoffnet"))
 
 
 def test_metrics_and_directions() -> None:
@@ -114,6 +121,11 @@ def test_solver_and_backward_come_from_the_config() -> None:
     assert model.backward_mode is None and model.contraction_bound == pytest.approx(2**-0.5)
     payoff = load_config("games", ["model.variant=payoffnet", "model.qre_tol=1e-9"]).make_task().build_model()
     assert isinstance(payoff, PayoffNet) and payoff.tol == 1e-9 and payoff.net[0].out_features == 9
+    spec = ["model.variant=payoff", "model.qre_tol=1e-9", "solver.tol=1e-6", "backward.name=ift"]
+    fpn = load_config("games", spec).make_task().build_model()
+    assert isinstance(fpn, PayoffNashFPN) and fpn.qre_tol == 1e-9 and fpn.net[0].out_features == 9
+    assert fpn.solver.tol == 1e-6 and isinstance(fpn.backward_mode, fpnets.IFT) and fpn.warn is False
+    assert sum(p.numel() for p in fpn.parameters()) == 486  # Payoff-Net's network
     # parameters: the N-FPN (k + 1)·2n + (2n + 1)·2n = 500 at n = 10, k = 3; Payoff-Net 486
     assert sum(p.numel() for p in load_config("games").make_task().build_model().parameters()) == 500
     assert sum(p.numel() for p in payoff.parameters()) == 486
@@ -121,7 +133,7 @@ def test_solver_and_backward_come_from_the_config() -> None:
 
 def test_bad_config_values_name_the_valid_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"model.variant must be one of nfpn, contractive, payoffnet, got 'fpn'"
+        ConfigError, match=r"model.variant must be one of nfpn, contractive, payoff, payoffnet, got 'fpn'"
     ):
         load_config("games", ["model.variant=fpn"])
     with pytest.raises(
@@ -136,7 +148,7 @@ def test_bad_config_values_name_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match=r"model.mu applies to the contractive variant\(s\), not 'nfpn'"):
         load_config("games", ["model.mu=2.0"])
     with pytest.raises(
-        ConfigError, match=r"model.qre_tol applies to the payoffnet variant\(s\), not 'contractive'"
+        ConfigError, match=r"model.qre_tol applies to the payoff, payoffnet variant\(s\), not 'contractive'"
     ):
         load_config("games", ["model.variant=contractive", "model.qre_tol=1e-8"])
     with pytest.raises(ConfigError, match=r"model.rho must be > 0, got -1.0"):
@@ -199,11 +211,14 @@ def test_default_nfpn_through_the_command_line_honours_the_solver(
     assert row["val_mse"] == pytest.approx(row["val_loss"], rel=1e-5) and row["val_duality_gap"] >= 0
 
 
-def test_tiny_run_through_the_command_line(tiny_splits, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("variant", ["payoffnet", "payoff"])
+def test_tiny_run_through_the_command_line(tiny_splits, tmp_path: Path, capsys, variant: str) -> None:
+    # both learn the payoff network B̂(d) of an exact QRE: Payoff-Net with the implicit gradient,
+    # the model-based N-FPN with JFB
     data_dir, splits = tiny_splits
     run = tmp_path / "cli"
     args = ["train", "games", "--run-dir", str(run), "--data-dir", str(data_dir), "--quiet"]
-    for item in [*TINY, "model.variant=payoffnet"]:
+    for item in [*TINY, f"model.variant={variant}"]:
         args += ["--set", item]
     assert main(args) == 0
     out = capsys.readouterr().out

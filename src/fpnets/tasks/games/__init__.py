@@ -6,7 +6,8 @@ Fang, Kolter 2018). See docs/games.md.
 
 - :mod:`.qre`: game gradient, certificates, the exact batched QRE solver and the differentiable QRE layer.
 - :mod:`.data`: :class:`GameDataConfig`, :func:`load_games` (cached, checked), :class:`GameData`.
-- :mod:`.models`: :class:`NashFPN`, :class:`ContractiveNashFPN`, :class:`PayoffNet`, :func:`build_game_model`.
+- :mod:`.models`: :class:`NashFPN`, :class:`ContractiveNashFPN`, :class:`PayoffNashFPN`, :class:`PayoffNet`,
+  :func:`build_game_model`.
 - :mod:`.metrics`: :func:`mse_loss`, :func:`game_metrics`, :data:`DIRECTIONS`.
 """
 
@@ -20,7 +21,15 @@ from .data import (
     payoff_matrices,
 )
 from .metrics import DIRECTIONS, game_metrics, mse, mse_loss
-from .models import MODELS, ContractiveNashFPN, NashFPN, PayoffNet, build_game_model, payoff_net_hidden_for
+from .models import (
+    MODELS,
+    ContractiveNashFPN,
+    NashFPN,
+    PayoffNashFPN,
+    PayoffNet,
+    build_game_model,
+    payoff_net_hidden_for,
+)
 from .qre import (
     QREConvergenceError,
     QREConvergenceWarning,
@@ -45,6 +54,7 @@ __all__ = [
     "GameDataError",
     "GameSplit",
     "NashFPN",
+    "PayoffNashFPN",
     "PayoffNet",
     "QREConvergenceError",
     "QREConvergenceWarning",

@@ -15,16 +15,24 @@
   (μ-strongly monotone) and ‖F(z) − F(y)‖ ≤ L‖z − y‖ with L² = μ² + ‖G(d)‖₂² ≤ μ² + ρ². Since
   P is nonexpansive, ‖T(z) − T(y)‖² ≤ (1 − 2αμ + α²L²)‖z − y‖², a contraction for
   0 < α < 2μ/L²; the default α = μ/(μ² + ρ²) gives γ = ρ/√(μ² + ρ²). c(d) is a small MLP.
+- :class:`PayoffNashFPN`: the model-based N-FPN. F_Θ is the game gradient of a learned zero-sum
+  game, F_Θ(z; d) = [B̂(d) z₂ + log z₁ + 1; −B̂(d)ᵀ z₁ + log z₂ + 1] with B̂(d) from the same payoff
+  MLP as Payoff-Net, and T(z; d) = P_{Δ×Δ}(z − α F_Θ(z; d)). Its fixed point is the QRE of B̂(d),
+  unique for every parameter value; the forward finds it with the certified Newton solver
+  (warm-started from the last solution of the same context) and the core solver checks it; the
+  gradient is JFB through one step of T (no linear solve).
 - :class:`PayoffNet`: the baseline of Ling, Fang, Kolter (2018): d → MLP → the n(n−1)/2 free entries
   of an antisymmetric payoff matrix B̂(d) → the QRE layer (:func:`fpnets.tasks.games.qre.qre_implicit`:
   Newton forward in float64, implicit-function backward).
 
 Every model exposes its last solve as ``model.solution`` (a :class:`fpnets.Solution`: for the
-N-FPNs the fixed-point iterations; for Payoff-Net the Newton steps of the QRE solver).
+N-FPNs the fixed-point iterations; for Payoff-Net the Newton steps of the QRE solver; for the
+model-based N-FPN the Newton steps plus the evaluations of T that check the fixed point).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -34,22 +42,24 @@ from torch import Tensor, nn
 
 from ..._fixed_point import fixed_point
 from ..._solution import Solution, Status
+from ..._warm import WarmStarts
 from ...backward import Backward
 from ...operators.simplex import project_simplex
 from ...solvers import Picard, Solver
-from .qre import antisymmetric, qre_implicit, solve_qre
+from .qre import _matvec, _rmatvec, antisymmetric, qre_implicit, solve_qre
 
 __all__ = [
     "MODELS",
     "ContractiveNashFPN",
     "NashFPN",
+    "PayoffNashFPN",
     "PayoffNet",
     "build_game_model",
     "contraction_factor",
     "payoff_net_hidden_for",
 ]
 
-MODELS = ("nfpn", "contractive", "payoffnet")
+MODELS = ("nfpn", "contractive", "payoff", "payoffnet")
 """Names accepted by :func:`build_game_model`."""
 
 
@@ -265,6 +275,13 @@ def payoff_net_hidden_for(parameters: int, n_actions: int, context_dim: int = 3)
     return max(1, h)
 
 
+def _payoff_mlp(n: int, k: int, hidden: int, negative_slope: float) -> nn.Sequential:
+    """d ↦ U₂ σ(U₁ d + u₁) + u₂, the n(n−1)/2 free entries of B̂(d): (B, k) → (B, n(n−1)/2)."""
+    return nn.Sequential(
+        nn.Linear(k, hidden), nn.LeakyReLU(negative_slope), nn.Linear(hidden, n * (n - 1) // 2)
+    )
+
+
 class PayoffNet(nn.Module):
     """Ling, Fang, Kolter (2018): x̂(d) = QRE(B̂(d)), B̂(d) = antisymmetric(U₂ σ(U₁ d + u₁) + u₂).
 
@@ -299,11 +316,7 @@ class PayoffNet(nn.Module):
         self.n_actions = n_actions
         self.context_dim = context_dim
         self.tol, self.max_iter = tol, max_iter
-        self.net = nn.Sequential(
-            nn.Linear(context_dim, h),
-            nn.LeakyReLU(negative_slope),
-            nn.Linear(h, n_actions * (n_actions - 1) // 2),
-        )
+        self.net = _payoff_mlp(n_actions, context_dim, h, negative_slope)
         self.solution: Solution | None = None
 
     def payoff(self, d: Tensor) -> Tensor:
@@ -330,15 +343,136 @@ class PayoffNet(nn.Module):
         return x
 
 
+class PayoffNashFPN(nn.Module):
+    """The model-based N-FPN: T(z; d) = P_{Δ×Δ}(z − α F_Θ(z; d)) with F_Θ the game gradient of B̂(d),
+
+        F_Θ(z; d) = [B̂(d) z₂ + log z₁ + 1; −B̂(d)ᵀ z₁ + log z₂ + 1],
+        B̂(d) = antisymmetric(U₂ σ(U₁ d + u₁) + u₂)   (Payoff-Net's payoff network).
+
+    F_Θ is the gradient field of the strongly convex–strongly concave f(z₁, z₂) = z₁ᵀB̂z₂ + h(z₁) −
+    h(z₂), so for every parameter value and context T has exactly one fixed point: the QRE of B̂(d)
+    (docs/games.md). The forward computes it with :func:`~fpnets.tasks.games.qre.solve_qre` (damped
+    Newton on a strictly concave function: it converges for every B̂), in float64, from the last
+    solution of the same context when one is stored (``warm_starts``), else from uniform
+    strategies; the core solver (``solver``, default ``Picard(tol=1e-5)``) then checks
+    ‖T(z) − z‖ from that point (one evaluation when the solve met its tolerance) and the gradient
+    is the core's backward mode (default JFB: one differentiable application of T at the detached
+    fixed point, no linear solve; Payoff-Net solves the (2n + 2)-dimensional KKT system instead).
+    The output is float64 inside and returned in the parameters' dtype.
+
+    JFB here is a descent direction: on the tangent space of Δ × Δ, the exact derivative is
+    −(∇F)⁻¹ ∂F/∂θ with ∇F = diag(1/z) + [[0, B̂], [−B̂ᵀ, 0]], whose inverse has a positive definite
+    symmetric part; JFB replaces (∇F)⁻¹ by α I (tests/test_games_models.py checks the sign in
+    float64).
+
+    Parameters: (k + 1)h + (h + 1)·n(n−1)/2, as Payoff-Net's.
+
+    Args:
+        n_actions: n.
+        context_dim: k.
+        hidden: h (default k).
+        negative_slope: σ's slope.
+        alpha: α, the step of T (1).
+        qre_tol, qre_max_iter: the Newton solver's tolerance and step cap (1e-10, 100); a game that
+            misses them is left to the core solver's check (a miss is reported in ``solution``).
+        warm_starts: how many contexts' last solutions are kept (least recently used dropped; 0 =
+            always start from uniform strategies).
+        solver, backward: the core solver that checks the fixed point, and the gradient mode.
+        warn: warn when the check misses the tolerance.
+    """
+
+    def __init__(
+        self,
+        n_actions: int,
+        context_dim: int = 3,
+        *,
+        hidden: int | None = None,
+        negative_slope: float = 0.1,
+        alpha: float = 1.0,
+        qre_tol: float = 1e-10,
+        qre_max_iter: int = 100,
+        warm_starts: int = 100_000,
+        solver: Solver | None = None,
+        backward: Backward | None = None,
+        warn: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_actions, bool) or not isinstance(n_actions, int) or n_actions < 2:
+            raise ValueError(f"PayoffNashFPN: n_actions must be an integer >= 2, got {n_actions!r}")
+        h = context_dim if hidden is None else hidden
+        if h < 1:
+            raise ValueError(f"PayoffNashFPN: hidden must be >= 1, got {h}")
+        if not alpha > 0:
+            raise ValueError(f"PayoffNashFPN: alpha must be > 0, got {alpha!r}")
+        self.n_actions = n_actions
+        self.context_dim = context_dim
+        self.alpha = float(alpha)
+        self.qre_tol, self.qre_max_iter = float(qre_tol), int(qre_max_iter)
+        self.net = _payoff_mlp(n_actions, context_dim, h, negative_slope)
+        self.solver = Picard(tol=1e-5, max_iter=100) if solver is None else solver
+        self.backward_mode = backward
+        self.warn = warn
+        self.warm: WarmStarts[Tensor] = WarmStarts(warm_starts)
+        self.solution: Solution | None = None
+        self.newton_iterations: Tensor | None = None  # (B,) Newton steps of the last forward
+
+    def payoff(self, d: Tensor) -> Tensor:
+        """B̂(d): (B, k) → (B, n, n), antisymmetric."""
+        _check_context(d, self.context_dim, "PayoffNashFPN")
+        return antisymmetric(self.net(d), self.n_actions)
+
+    def game_map(self, z: Tensor, B: Tensor) -> Tensor:
+        """F_Θ(z; d) = [B̂ z₂ + log z₁ + 1; −B̂ᵀ z₁ + log z₂ + 1]: (B, 2, n), (B, n, n) → (B, 2, n).
+
+        log is taken of max(z, tiny), so an iterate on the boundary stays finite."""
+        logz = torch.log(z.clamp_min(torch.finfo(z.dtype).tiny))
+        f1 = _matvec(B, z[:, 1]) + logz[:, 0] + 1.0
+        f2 = -_rmatvec(B, z[:, 0]) + logz[:, 1] + 1.0
+        return torch.stack([f1, f2], dim=1)
+
+    def operator(self, z: Tensor, B: Tensor) -> Tensor:
+        """T(z; d) = P_{Δ×Δ}(z − α F_Θ(z; d))."""
+        return project_simplex(z - self.alpha * self.game_map(z, B))
+
+    def forward(self, d: Tensor) -> Tensor:
+        """x̂(d) = z* = QRE(B̂(d)): (B, k) → (B, 2, n)."""
+        if not torch.isfinite(d).all():
+            raise ValueError("PayoffNashFPN: the contexts hold NaN or Inf")
+        B = self.payoff(d)  # (B, n, n)
+        keys = [row.tobytes() for row in d.detach().to("cpu", torch.float64).numpy()]
+        starts = [self.warm.get(k) for k in keys]
+        init = None
+        if any(s is not None for s in starts):
+            uniform = torch.full((2, self.n_actions), 1.0 / self.n_actions, dtype=torch.float64)
+            init = torch.stack([uniform if s is None else s for s in starts]).to(B.device)
+        qre = solve_qre(
+            B.detach().double(), tol=self.qre_tol, max_iter=self.qre_max_iter, init=init, warn=False
+        )
+        for key, x in zip(keys, qre.x.detach().cpu(), strict=True):
+            self.warm.put(key, x)
+        sol = fixed_point(
+            self.operator,
+            qre.x,
+            B.double(),
+            solver=self.solver,
+            backward=self.backward_mode,
+            warn=self.warn,
+        )
+        self.newton_iterations = qre.iterations
+        self.solution = dataclasses.replace(sol.detached(), iterations=qre.iterations + sol.iterations)
+        return sol.value.to(B.dtype)
+
+
 def build_game_model(name: str, n_actions: int, context_dim: int = 3, **options: object) -> nn.Module:
     """One of :data:`MODELS` with keyword options passed to its constructor.
 
-    "nfpn" → :class:`NashFPN`, "contractive" → :class:`ContractiveNashFPN`, "payoffnet" →
-    :class:`PayoffNet`. Unknown names or options raise ``ValueError`` listing the valid ones.
+    "nfpn" → :class:`NashFPN`, "contractive" → :class:`ContractiveNashFPN`, "payoff" →
+    :class:`PayoffNashFPN`, "payoffnet" → :class:`PayoffNet`. Unknown names or options raise ``ValueError`` listing the valid ones.
     """
     classes: dict[str, type[nn.Module]] = {
         "nfpn": NashFPN,
         "contractive": ContractiveNashFPN,
+        "payoff": PayoffNashFPN,
         "payoffnet": PayoffNet,
     }
     if name not in classes:

@@ -5,8 +5,8 @@ with payoff B(d), from contexts d (docs/games.md). The pieces are this package's
 
 - data: :func:`~fpnets.tasks.games.load_games` with a :class:`~fpnets.tasks.games.GameDataConfig`
   built from ``[data]`` (cached under the data directory, see :func:`games_data_dir`);
-- models: :func:`~fpnets.tasks.games.build_game_model` (``model.variant`` = nfpn, contractive or
-  payoffnet) with the forward solver and backward mode of ``[solver]``/``[backward]``;
+- models: :func:`~fpnets.tasks.games.build_game_model` (``model.variant`` = nfpn, contractive,
+  payoff or payoffnet) with the forward solver and backward mode of ``[solver]``/``[backward]``;
 - loss: :func:`~fpnets.tasks.games.mse_loss`, the mean of (x̂ − x*)² over all entries;
 - metrics (all lower is better, per sample, float64): ``mse`` = (1/2n)‖x̂ − x*‖², ``qre_residual``
   = ‖x̂ − (softmax(−B x̂₂), softmax(Bᵀ x̂₁))‖₂ and ``duality_gap`` under the true payoff B(d).
@@ -60,6 +60,7 @@ FPN_SOLVER_DEFAULTS: dict[str, Any] = {"tol": 1e-5, "max_iter": 100, "norm": "l2
 VARIANT_KEYS: dict[str, tuple[str, ...]] = {
     "nfpn": ("alpha", "negative_slope"),
     "contractive": ("alpha", "negative_slope", "mu", "rho", "components", "hidden"),
+    "payoff": ("alpha", "negative_slope", "hidden", "qre_tol", "qre_max_iter"),
     "payoffnet": ("negative_slope", "hidden", "qre_tol", "qre_max_iter"),
 }
 """The ``[model]`` option keys each variant takes (the others must stay unset)."""
@@ -126,10 +127,11 @@ class GamesModel(ModelConfig):
 
     variant: str = "nfpn"
     """nfpn (the authors' N-FPN), contractive (the N-FPN with a strongly monotone, Lipschitz F_Θ: a
-    contraction by construction) or payoffnet (Ling et al.'s baseline: an MLP payoff and an exact
-    QRE layer); selects the ``[variants.<name>]`` table too."""
+    contraction by construction), payoff (the model-based N-FPN: F_Θ the game gradient of a learned
+    payoff, fixed point = its QRE, JFB) or payoffnet (Ling et al.'s baseline: an MLP payoff and an
+    exact QRE layer); selects the ``[variants.<name>]`` table too."""
     alpha: float | None = None
-    """α, the step of T(z) = P(z − αF_Θ(z; d)) (nfpn: 1; contractive: μ/(μ² + ρ²))."""
+    """α, the step of T(z) = P(z − αF_Θ(z; d)) (nfpn, payoff: 1; contractive: μ/(μ² + ρ²))."""
     negative_slope: float | None = None
     """The LeakyReLU slope (0.1)."""
     mu: float | None = None
@@ -139,11 +141,11 @@ class GamesModel(ModelConfig):
     components: int | None = None
     """The number of coupling matrices G_k of the contractive model (k)."""
     hidden: int | None = None
-    """The hidden width: of c(d) for contractive (n), of the payoff MLP for payoffnet (k)."""
+    """The hidden width: of c(d) for contractive (n), of the payoff MLP for payoff and payoffnet (k)."""
     qre_tol: float | None = None
-    """Payoff-Net's QRE solver tolerance (1e-10)."""
+    """The Newton QRE solver's tolerance of payoff and payoffnet (1e-10)."""
     qre_max_iter: int | None = None
-    """Payoff-Net's Newton step cap (100)."""
+    """The Newton step cap of payoff and payoffnet (100)."""
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"variant": MODELS}
 
@@ -164,7 +166,7 @@ class GamesModel(ModelConfig):
         for key in VARIANT_KEYS[self.variant]:
             value = getattr(self, key)
             if value is not None:
-                out[_QRE_OPTIONS.get(key, key)] = value
+                out[_QRE_OPTIONS.get(key, key) if self.variant == "payoffnet" else key] = value
         return out
 
 

@@ -69,8 +69,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..._fixed_point import fixed_point
-from ..._warm import WarmStarts
 from ..._solution import Solution
+from ..._warm import WarmStarts
 from ...backward import JFB, Backward
 from ...layers import SpectralLinear
 from ...operators.affine import AffineProjection
