@@ -465,5 +465,14 @@ def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
     assert {r["model"] for r in rows} == {"nfpn", "contractive", "payoff", "payoff-cold", "payoffnet"}
     for r in rows:
         assert r["n"] == 3 and r["epochs"] == 1
-        for key in ("test_mse", "test_qre_residual", "test_duality_gap", "test_iterations", "train_time_s"):
+        keys = (
+            "test_mse",
+            "test_qre_residual",
+            "test_duality_gap",
+            "test_iterations",
+            "train_time_s",
+            "forward_s",
+        )
+        for key in keys:
             assert math.isfinite(r[key]) and r[key] >= 0, (r["model"], key)
+        assert r["forward_s"] <= r["train_time_s"]
