@@ -360,3 +360,16 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
     result = json.loads(out.read_text())["networks"][0]
     assert result["standard_costs"][0]["gap"] <= 1e-9
     assert result["contextual"]["max_gap"] <= 1e-8 and result["contextual"]["contexts"] == 3
+
+
+def test_generation_in_several_processes_gives_the_same_certified_data(tmp_path: Path) -> None:
+    d = write_network(tmp_path)
+    one = build_dataset(d, 6, 2, 3, seed=1, gap=1e-10, dtype=torch.float64)
+    two = build_dataset(d, 6, 2, 3, seed=1, gap=1e-10, dtype=torch.float64, workers=2)
+    for a, b in ((one.train, two.train), (one.val, two.val), (one.test, two.test)):
+        assert torch.equal(a.context, b.context)  # the same contexts, in the same order
+        assert torch.all(b.gap <= 1e-10)
+        torch.testing.assert_close(b.flow, a.flow, rtol=1e-4, atol=1e-4)  # equal to the certificate
+    params = traffic_data.DataParams("x", "f", 2, 0, 0)
+    with pytest.raises(ValueError, match=r"workers must be an integer >= 0 \(0: every core\), got -1"):
+        traffic_data.generate(one.network, params, workers=-1)

@@ -12,6 +12,7 @@ parameters (or changed network files) always rebuild.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -127,14 +128,45 @@ def draw_contexts(
 
 
 def generate(
-    network: Network, params: DataParams, *, chunk: int = 500, max_iter: int = 500
+    network: Network, params: DataParams, *, chunk: int = 500, max_iter: int = 500, workers: int = 1
 ) -> tuple[ContextModel, np.ndarray, np.ndarray, np.ndarray]:
     """(context model, contexts (N, m), flows (N, E), gaps (N,)) for N = n_train + n_val + n_test.
 
     Contexts (:func:`draw_contexts`) are solved ``chunk`` at a time, all sharing one path set
-    (column generation). Raises RuntimeError if an equilibrium misses the target gap.
+    (column generation). With ``workers`` > 1 the contexts are cut into that many contiguous spans,
+    solved in as many processes, each with its own path set; the contexts are the same and every
+    equilibrium meets the same gap, so the flows agree with a one-process run to the accuracy the
+    gap certifies (not bit for bit). ``workers = 0`` uses every core. Raises RuntimeError if an
+    equilibrium misses the target gap.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"generate: workers must be an integer >= 0 (0: every core), got {workers!r}")
     model, d = draw_contexts(network, params)  # (N, m)
+    n = d.shape[0]
+    workers = min(workers or (os.cpu_count() or 1), max(n, 1))
+    if workers <= 1:
+        flows, gaps = _solve_span(network, model, d, params.gap, chunk, max_iter)
+        return model, d, flows, gaps
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # not fork: the caller may run threads (torch), and a forked child of a threaded process can hang
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    bounds = np.linspace(0, n, workers + 1).round().astype(int)
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_solve_span, network, model, d[lo:hi], params.gap, chunk, max_iter)
+            for lo, hi in itertools.pairwise(bounds.tolist())
+        ]
+        parts = [f.result() for f in futures]
+    return model, d, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _solve_span(
+    network: Network, model: ContextModel, d: np.ndarray, gap: float, chunk: int, max_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flows (N, E), gaps (N,)) of the contexts d (N, m), ``chunk`` at a time on one path set."""
     n = d.shape[0]
     flows = np.empty((n, network.num_links))
     gaps = np.empty(n)
@@ -142,16 +174,11 @@ def generate(
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         res = solve_equilibrium(
-            network,
-            model.costs(network, d[lo:hi]),
-            gap=params.gap,
-            max_iter=max_iter,
-            paths=paths,
-            throw=True,
+            network, model.costs(network, d[lo:hi]), gap=gap, max_iter=max_iter, paths=paths, throw=True
         )
         flows[lo:hi] = res.link_flow
         gaps[lo:hi] = res.gap
-    return model, d, flows, gaps
+    return flows, gaps
 
 
 def _to_split(d: np.ndarray, x: np.ndarray, g: np.ndarray, dtype: torch.dtype) -> TrafficSplit:
@@ -172,6 +199,7 @@ def build_dataset(
     dtype: torch.dtype = torch.float32,
     chunk: int = 500,
     rebuild: bool = False,
+    workers: int = 1,
 ) -> TrafficData:
     """Load or generate the contextual data set of the network in ``network_dir``.
 
@@ -184,6 +212,8 @@ def build_dataset(
         gap: target relative gap of every equilibrium.
         dtype: dtype of the returned tensors (the cache holds float64).
         rebuild: regenerate even when a matching cache exists.
+        workers: processes that generate (:func:`generate`; 0: every core). Not part of the cache
+            key: the data meet the same certificate however many processes made them.
     """
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -217,7 +247,7 @@ def build_dataset(
     import time
 
     start = time.perf_counter()
-    model, d, x, g = generate(network, params, chunk=chunk)
+    model, d, x, g = generate(network, params, chunk=chunk, workers=workers)
     seconds = time.perf_counter() - start
     if path is not None:
         _save(path, params, model, d, x, g, seconds)

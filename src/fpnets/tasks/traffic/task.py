@@ -192,10 +192,12 @@ class TrafficDataConfig(DataConfig):
     """Keep the generated data set in ``cache_dir`` and reuse it."""
     cache_dir: str = ""
     """Cache folder; empty: ``<fpnets cache>/traffic`` (:func:`traffic_cache_dir`)."""
+    workers: int = 1
+    """Processes that generate the data set (0: every core); the cache does not depend on it."""
 
     def check(self) -> None:
         super().check()
-        for key in ("n_train", "n_val", "n_test", "limit"):
+        for key in ("n_train", "n_val", "n_test", "limit", "workers"):
             value = getattr(self, key)
             if value < 0:
                 raise ConfigError(f"data.{key} must be >= 0, got {value}")
@@ -369,6 +371,7 @@ class TrafficTask(Task):
                 seed=d.seed,
                 cap_range=d.cap_range,
                 gap=d.gap,
+                workers=d.workers,
             )
         except (TNTPError, OSError) as exc:
             raise _data_error(f"traffic network {directory}: {exc}") from exc
