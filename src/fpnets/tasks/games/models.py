@@ -282,7 +282,29 @@ def _payoff_mlp(n: int, k: int, hidden: int, negative_slope: float) -> nn.Sequen
     )
 
 
-class PayoffNet(nn.Module):
+class _PayoffModel(nn.Module):
+    """What Payoff-Net and the model-based N-FPN share: the payoff network d ↦ B̂(d) (``net``,
+    (k + 1)h + (h + 1)·n(n−1)/2 parameters) and the checks of n and h."""
+
+    def __init__(self, n_actions: int, context_dim: int, hidden: int | None, negative_slope: float) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if isinstance(n_actions, bool) or not isinstance(n_actions, int) or n_actions < 2:
+            raise ValueError(f"{name}: n_actions must be an integer >= 2, got {n_actions!r}")
+        h = context_dim if hidden is None else hidden
+        if h < 1:
+            raise ValueError(f"{name}: hidden must be >= 1, got {h}")
+        self.n_actions = n_actions  # n
+        self.context_dim = context_dim  # k
+        self.net = _payoff_mlp(n_actions, context_dim, h, negative_slope)
+
+    def payoff(self, d: Tensor) -> Tensor:
+        """B̂(d): (B, k) → (B, n, n), antisymmetric."""
+        _check_context(d, self.context_dim, type(self).__name__)
+        return antisymmetric(self.net(d), self.n_actions)
+
+
+class PayoffNet(_PayoffModel):
     """Ling, Fang, Kolter (2018): x̂(d) = QRE(B̂(d)), B̂(d) = antisymmetric(U₂ σ(U₁ d + u₁) + u₂).
 
     Parameters: (k + 1)h + (h + 1)·n(n−1)/2 (the authors' reimplementation in McKenzie et al.:
@@ -307,22 +329,9 @@ class PayoffNet(nn.Module):
         tol: float = 1e-10,
         max_iter: int = 100,
     ) -> None:
-        super().__init__()
-        if isinstance(n_actions, bool) or not isinstance(n_actions, int) or n_actions < 2:
-            raise ValueError(f"PayoffNet: n_actions must be an integer >= 2, got {n_actions!r}")
-        h = context_dim if hidden is None else hidden
-        if h < 1:
-            raise ValueError(f"PayoffNet: hidden must be >= 1, got {h}")
-        self.n_actions = n_actions
-        self.context_dim = context_dim
+        super().__init__(n_actions, context_dim, hidden, negative_slope)
         self.tol, self.max_iter = tol, max_iter
-        self.net = _payoff_mlp(n_actions, context_dim, h, negative_slope)
         self.solution: Solution | None = None
-
-    def payoff(self, d: Tensor) -> Tensor:
-        """B̂(d): (B, k) → (B, n, n), antisymmetric."""
-        _check_context(d, self.context_dim, "PayoffNet")
-        return antisymmetric(self.net(d), self.n_actions)
 
     def forward(self, d: Tensor) -> Tensor:
         """x̂(d) = QRE(B̂(d)): (B, k) → (B, 2, n)."""
@@ -343,7 +352,7 @@ class PayoffNet(nn.Module):
         return x
 
 
-class PayoffNashFPN(nn.Module):
+class PayoffNashFPN(_PayoffModel):
     """The model-based N-FPN: T(z; d) = P_{Δ×Δ}(z − α F_Θ(z; d)) with F_Θ the game gradient of B̂(d),
 
         F_Θ(z; d) = [B̂(d) z₂ + log z₁ + 1; −B̂(d)ᵀ z₁ + log z₂ + 1],
@@ -362,7 +371,7 @@ class PayoffNashFPN(nn.Module):
 
     JFB here is a descent direction: on the tangent space of Δ × Δ, the exact derivative is
     −(∇F)⁻¹ ∂F/∂θ with ∇F = diag(1/z) + [[0, B̂], [−B̂ᵀ, 0]], whose inverse has a positive definite
-    symmetric part; JFB replaces (∇F)⁻¹ by α I (tests/test_games_models.py checks the sign in
+    symmetric part; JFB replaces (∇F)⁻¹ by α I (tests/test_games_payoff_fpn.py checks the sign in
     float64).
 
     Parameters: (k + 1)h + (h + 1)·n(n−1)/2, as Payoff-Net's.
@@ -396,30 +405,17 @@ class PayoffNashFPN(nn.Module):
         backward: Backward | None = None,
         warn: bool = True,
     ) -> None:
-        super().__init__()
-        if isinstance(n_actions, bool) or not isinstance(n_actions, int) or n_actions < 2:
-            raise ValueError(f"PayoffNashFPN: n_actions must be an integer >= 2, got {n_actions!r}")
-        h = context_dim if hidden is None else hidden
-        if h < 1:
-            raise ValueError(f"PayoffNashFPN: hidden must be >= 1, got {h}")
+        super().__init__(n_actions, context_dim, hidden, negative_slope)
         if not alpha > 0:
             raise ValueError(f"PayoffNashFPN: alpha must be > 0, got {alpha!r}")
-        self.n_actions = n_actions
-        self.context_dim = context_dim
         self.alpha = float(alpha)
         self.qre_tol, self.qre_max_iter = float(qre_tol), int(qre_max_iter)
-        self.net = _payoff_mlp(n_actions, context_dim, h, negative_slope)
         self.solver = Picard(tol=1e-5, max_iter=100) if solver is None else solver
         self.backward_mode = backward
         self.warn = warn
         self.warm: WarmStarts[Tensor] = WarmStarts(warm_starts)
         self.solution: Solution | None = None
         self.newton_iterations: Tensor | None = None  # (B,) Newton steps of the last forward
-
-    def payoff(self, d: Tensor) -> Tensor:
-        """B̂(d): (B, k) → (B, n, n), antisymmetric."""
-        _check_context(d, self.context_dim, "PayoffNashFPN")
-        return antisymmetric(self.net(d), self.n_actions)
 
     def game_map(self, z: Tensor, B: Tensor) -> Tensor:
         """F_Θ(z; d) = [B̂ z₂ + log z₁ + 1; −B̂ᵀ z₁ + log z₂ + 1]: (B, 2, n), (B, n, n) → (B, 2, n).
