@@ -12,6 +12,10 @@ function of the 76 signs. This script measures, on the cached data set of a traf
 - ``linear_in_states``: the whole-set relative error ‖X̂ − X*‖_F / ‖X*‖_F of least squares
   X̂ = [s(d), 1] Θ, fitted on the training split with the **true** signs (an oracle: it shows how
   much of X* the states explain, not a model one can train);
+- ``sign_capacities``: the relative error of the equilibria (gap 1e-9) under the capacities
+  c₀ ⊙ (1 + r sign(W d)) on the validation split, i.e. with every link's state right but the
+  unsaturated entries (|W d| < r) put at a clamp value: what even an exact classifier of the
+  states misses;
 - ``units``: a regression X̂ = A tanh(U (d − 5) + u) + a₀ with ``--units`` hidden units, trained by
   full-batch Adam (``--steps``) on the flows standardised per link: its validation relative error,
   and for each true hyperplane the best agreement of sign(w_eᵀ d) with the sign of one unit
@@ -102,6 +106,18 @@ def main() -> None:
         },
         "units": [],
     }
+    from fpnets.tasks.traffic.assignment import solve_equilibrium
+    from fpnets.tasks.traffic.network import LinkCosts
+
+    net = data.network
+    e = net.num_links
+    for label, cap in (
+        ("exact_capacities", data.capacities(data.val.context)),
+        ("sign_capacities", net.capacity[None, :] * (1.0 + r * s_va)),
+    ):
+        costs = LinkCosts(net.free_flow_time, cap, np.full(e, data.model.b), np.full(e, data.model.power))
+        flow = solve_equilibrium(net, costs, gap=1e-9, max_iter=500, throw=True).link_flow
+        result[label] = {"val": relative_error(flow, x_va.numpy())}
     for units in (int(u) for u in args.units.split(",")):
         start = time.perf_counter()
         U, u, predict = fit_units(d_tr, x_tr, units, args.steps, args.seed)
