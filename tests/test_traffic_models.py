@@ -348,3 +348,76 @@ def test_free_flow_initial_latent_is_feasible_and_commodity_flows_add_up() -> No
         np.testing.assert_allclose(xk[0] @ net.incidence.T, net.commodity_demand(commodity), atol=1e-9)
     with pytest.raises(ValueError, match=r"initial must have shape \(2, 14\)"):
         TrafficNFPN(net, 50.0, hidden=8, initial=np.zeros((3, 14)))
+
+
+# ------------------------------------------------------------------------------ standardised variants
+def test_explicit_standardized_readout_and_errors() -> None:
+    rng = np.random.default_rng(0)
+    e = 14
+    d_mean, d_std = 5 + rng.random(10), 1 + rng.random(10)
+    x_mean, x_std = 20 + 10 * rng.random(e), 1 + rng.random(e)
+    net = ExplicitTrafficNet(
+        e, 30.0, hidden=16, context_stats=(d_mean, d_std), flow_stats=(x_mean, x_std)
+    ).double()
+    d = torch.as_tensor(10 * rng.random((4, 10)))
+    # X̂ = m_X + σ_X ⊙ MLP((d − m_d) / σ_d), checked against the formula
+    z = net.net((d - torch.as_tensor(d_mean)) / torch.as_tensor(d_std))
+    np.testing.assert_allclose(net(d).detach().numpy(), (x_mean + x_std * z.detach().numpy()), rtol=1e-6)
+    with torch.no_grad():  # a zero last layer predicts the per-link training mean
+        net.net[-1].weight.zero_()
+        net.net[-1].bias.zero_()
+    np.testing.assert_allclose(net(d).detach().numpy(), np.tile(x_mean, (4, 1)), rtol=1e-6)
+    with pytest.raises(ValueError, match="both context_stats and flow_stats"):
+        ExplicitTrafficNet(e, 30.0, hidden=4, context_stats=(d_mean, d_std))
+    with pytest.raises(ValueError, match=r"flow_stats: mean and std must have shape \(14,\)"):
+        ExplicitTrafficNet(e, 30.0, hidden=4, context_stats=(d_mean, d_std), flow_stats=(x_mean[:3], x_std))
+    with pytest.raises(ValueError, match="std positive"):
+        ExplicitTrafficNet(e, 30.0, hidden=4, context_stats=(d_mean, 0 * d_std), flow_stats=(x_mean, x_std))
+
+
+def test_anchored_averaged_fixed_point_projects_the_regression() -> None:
+    # With A = 0 the anchored F_Θ(X, d) = μ (X − (m + σ ⊙ ĉ(d))) makes the Davis–Yin fixed point the
+    # projection of the regression r(d) = m + σ ⊙ ĉ(d) onto the feasible link flows: it conserves flow
+    # and is no farther than r(d) from any feasible flow (here the true equilibria).
+    net = small_network()
+    cm = ContextModel.random(net, seed=0)
+    d = torch.as_tensor(cm.sample(3, seed=1))
+    ref = solve_equilibrium(net, cm.costs(net, d.numpy()), gap=1e-12).link_flow  # (3, E) feasible
+    rng = np.random.default_rng(1)
+    stats = (d.mean(0).numpy(), 1 + rng.random(10))
+    flows = (60 + 40 * rng.random(net.num_links), 5 + 10 * rng.random(net.num_links))
+    torch.manual_seed(0)
+    model = TrafficNFPN(
+        net, 50.0, variant="averaged", hidden=8, alpha=0.5, mu=1.0, bound=0.3, max_iter=5000, tol=1e-7,
+        context_stats=stats, flow_stats=flows,
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        model.game.a.weight.zero_()
+    with torch.no_grad():
+        x = model(d)
+        cd = model.game.context_features(model.normalize(d))
+        regression = -50.0 * cd[:, 8 : 8 + net.num_links] / model.game.mu  # r(d) in vehicles
+    assert model.solution is not None and bool(model.solution.converged.all())
+    np.testing.assert_allclose(
+        regression.numpy(),
+        flows[0] + flows[1] * model.game.context_net(model.normalize(d))[:, 8:].detach().numpy(),
+        rtol=1e-6,
+    )
+    b = net.commodity_demand("origin").sum(0)
+    np.testing.assert_allclose(x.numpy() @ net.incidence.T, np.tile(b, (3, 1)), atol=1e-4)  # float32 basis
+    before = np.linalg.norm(regression.numpy() - ref, axis=1)
+    after = np.linalg.norm(x.numpy() - ref, axis=1)
+    assert np.all(after <= before + 1e-6) and np.all(before - after > 1e-3)  # strictly closer here
+
+
+def test_standardize_errors_and_config_key() -> None:
+    net = small_network()
+    with pytest.raises(ValueError, match="flow_stats apply to the averaged variants"):
+        TrafficNFPN(net, 50.0, hidden=8, flow_stats=(np.ones(net.num_links), np.ones(net.num_links)))
+    with pytest.raises(ValueError, match="needs mu > 0"):
+        TrafficNFPN(
+            net, 50.0, variant="averaged", hidden=8, mu=0.0, alpha=0.01,
+            flow_stats=(np.ones(net.num_links), np.ones(net.num_links)),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"context_stats: mean and std must have shape \(10,\)"):
+        TrafficNFPN(net, 50.0, hidden=8, context_stats=(np.ones(3), np.ones(3)))

@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,7 +132,7 @@ def test_configs_resolve_and_round_trip(name: str, variant: str) -> None:
 
 
 def test_run_names() -> None:
-    assert load_config("traffic-siouxfalls").run_name == "traffic-siouxfalls-averaged"
+    assert load_config("traffic-siouxfalls").run_name == "traffic-siouxfalls-averaged-wide"
     assert load_config("traffic-ema").run_name == "traffic-easternmassachusetts-averaged"
 
 
@@ -174,6 +175,29 @@ def test_solver_and_backward_come_from_the_config(root: Path) -> None:
     net = explicit.build_model()
     assert isinstance(net, ExplicitTrafficNet)
     assert abs(sum(p.numel() for p in net.parameters()) - 500) < 60
+
+
+def test_standardize_uses_the_training_split_statistics(root: Path) -> None:
+    for variant, extra in (("explicit", ["model.num_params=500"]), ("averaged", ["model.hidden=8"])):
+        task = tiny(root, f'model.variant="{variant}"', "model.standardize=true", *extra).make_task()
+        task.load_splits(root)
+        model = task.build_model()
+        data = task.dataset(root)
+        d, x = data.train.context.double(), data.train.flow.double()
+        if variant == "explicit":
+            assert isinstance(model, ExplicitTrafficNet) and model.standardized
+            np.testing.assert_allclose(model.flow_mean.numpy(), x.mean(0).numpy(), rtol=1e-6)
+        else:
+            assert isinstance(model, TrafficNFPN) and model.game.anchored
+            np.testing.assert_allclose(
+                model.game.c_mean.numpy(), x.mean(0).numpy() / data.flow_scale(), rtol=1e-5
+            )
+        np.testing.assert_allclose(model.context_mean.numpy(), d.mean(0).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(model.context_std.numpy(), d.std(0).numpy(), rtol=1e-6)
+        # false keeps the d / 10 inputs (and the s · softplus readout, the unanchored c(d))
+        plain = tiny(root, f'model.variant="{variant}"', "model.standardize=false", *extra).make_task()
+        plain.load_splits(root)
+        assert not plain.build_model().standardized
 
 
 # -------------------------------------------------------------------------------------------------
@@ -297,6 +321,10 @@ def test_mean_capacity_baseline_is_evaluated_not_trained(root: Path, tmp_path: P
         (['model.variant="bpr"', "model.rounds=0"], "model.rounds must be >= 1"),
         (['model.variant="bpr"', "model.hidden=-1"], r"model.hidden must be >= 1 \(>= 0 for bpr"),
         (["model.cap_range=0.5"], "model.cap_range applies to the bpr variant"),
+        (
+            ['model.variant="nfpn"', "model.standardize=true"],
+            "model.standardize applies to the averaged, averaged-wide, averaged-diag, explicit variant",
+        ),
         (['task.wardrop_gap="sometimes"'], "wardrop_gap"),
         (['train.select="val.acc"'], "train.select must be one of val.loss, val.rel_error"),
     ],

@@ -172,6 +172,26 @@ class CocoerciveGameGradient(nn.Module):
         heads = hidden + (2 if diagonal else 1) * num_links  # [g(d), c(d)] or [g(d), c(d), v(d)]
         self.context_net = nn.Sequential(*layers, nn.Linear(context_hidden, heads))
         self.hidden = hidden
+        self.anchored = False
+
+    def anchor(self, mean: Tensor, std: Tensor) -> None:
+        """Make c(d) = −μ (m + σ ⊙ ĉ(d)) with m, σ (E,) the per-link mean and standard deviation of
+        the training flows (latent units, i.e. divided by s) and ĉ(d) the raw head: for A = 0 the
+        fixed point is then the projection of m + σ ⊙ ĉ(d) onto the feasible link flows, a
+        standardised regression that the projection can only bring closer to X*. Needs μ > 0."""
+        if not self.mu > 0:
+            raise ValueError("CocoerciveGameGradient.anchor: needs mu > 0 (c(d) is anchored at −μ m)")
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean.shape != (self.num_links,) or std.shape != (self.num_links,):
+            raise ValueError(
+                f"CocoerciveGameGradient.anchor: mean and std must have shape ({self.num_links},), "
+                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("CocoerciveGameGradient.anchor: mean must be finite and std positive")
+        self.register_buffer("c_mean", mean)
+        self.register_buffer("c_std", std)
+        self.anchored = True
 
     @property
     def lipschitz(self) -> float:
@@ -181,9 +201,12 @@ class CocoerciveGameGradient(nn.Module):
     def context_features(self, d: Tensor) -> Tensor:
         """[g(d), c(d)] (B, hidden + E), or [g(d), c(d), w(d)] (B, hidden + 2E) when diagonal."""
         out = self.context_net(d)
+        h, e = self.hidden, self.num_links
+        if self.anchored:  # c(d) = −μ (m + σ ⊙ ĉ(d))
+            c = -self.mu * (self.c_mean + self.c_std * out[:, h : h + e])
+            out = torch.cat([out[:, :h], c, out[:, h + e :]], dim=1)
         if not self.diagonal:
             return out
-        h, e = self.hidden, self.num_links
         w = self.mu * (self.slope_floor + (1.0 - self.slope_floor) * torch.sigmoid(out[:, h + e :]))
         return torch.cat([out[:, : h + e], w], dim=1)
 
@@ -226,6 +249,10 @@ class TrafficNFPN(nn.Module):
             its forward equilibrium solve.
         warm_starts: bpr: how many contexts' last path flows are kept to start the next solve of the
             same context (the least recently used are dropped; 0 = always start all-or-nothing).
+        context_stats: (mean, std), each (m,): contexts enter F_Θ as (d − mean) / std (the training
+            split's statistics) instead of d / context_scale.
+        flow_stats: averaged variants: (mean, std), each (E,), of the training link flows in vehicles;
+            anchors c(d) = −μ (mean + std ⊙ ĉ(d)) / s (:meth:`CocoerciveGameGradient.anchor`).
 
     Attributes:
         solution: the :class:`fpnets.Solution` of the last forward (detached).
@@ -254,6 +281,8 @@ class TrafficNFPN(nn.Module):
         gap: float = 1e-7,
         rounds: int = 200,
         warm_starts: int = 100_000,
+        context_stats: tuple[Any, Any] | None = None,
+        flow_stats: tuple[Any, Any] | None = None,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -336,10 +365,26 @@ class TrafficNFPN(nn.Module):
                     f"initial must have shape ({self.num_commodities}, {self.num_links}) (K, E), got {z0.shape}"
                 )
         self.register_buffer("z0", torch.as_tensor(z0, dtype=torch.float32))
+        self.standardized = context_stats is not None
+        if context_stats is not None:
+            mean, std = _stats(context_stats, context_dim, "context_stats")
+            self.register_buffer("context_mean", mean)
+            self.register_buffer("context_std", std)
+        if flow_stats is not None:
+            if not isinstance(self.game, CocoerciveGameGradient):
+                raise ValueError(f"flow_stats apply to the averaged variants, not {variant!r}")
+            mean, std = _stats(flow_stats, self.num_links, "flow_stats")
+            self.game.anchor(mean / flow_scale, std / flow_scale)
         self.solver = Picard(tol=tol, max_iter=max_iter) if solver is None else solver
         self.backward_mode = JFB() if backward is None else backward
         self.warn = warn
         self.solution: Solution | None = None
+
+    def normalize(self, d: Tensor) -> Tensor:  # (B, m) -> (B, m)
+        """The context as F_Θ sees it: (d − mean) / std when standardised, else d / context_scale."""
+        if self.standardized:
+            return (d - self.context_mean.to(d.dtype)) / self.context_std.to(d.dtype)
+        return d / self.context_scale
 
     def averaged_step_limit(self) -> float:
         """2 / (K L): DYS is averaged for α below it (variant "averaged"; inf is not claimed for "nfpn")."""
@@ -468,7 +513,7 @@ class TrafficNFPN(nn.Module):
             raise ValueError(f"TrafficNFPN expects contexts of shape (B, m), got {tuple(d.shape)}")
         if not torch.isfinite(d).all():
             raise ValueError("TrafficNFPN: contexts hold NaN or Inf")
-        cd = self.game.context_features(d / self.context_scale)  # (B, ·)
+        cd = self.game.context_features(self.normalize(d))  # (B, ·)
         if self.variant == "bpr":
             z0, metric, correction = self.equilibrium_latent(cd, d)
             sol = fixed_point(
@@ -566,8 +611,29 @@ def explicit_hidden_size(num_params: int, context_dim: int, num_links: int) -> i
     return max(1, round(h))
 
 
+def _stats(stats: tuple[Any, Any], size: int, name: str) -> tuple[Tensor, Tensor]:
+    """(mean, std) as float32 tensors of shape (size,), checked (finite; std > 0)."""
+    try:
+        mean, std = stats
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (mean, std)") from None
+    mean = torch.as_tensor(np.asarray(mean, dtype=np.float64), dtype=torch.float32)
+    std = torch.as_tensor(np.asarray(std, dtype=np.float64), dtype=torch.float32)
+    if mean.shape != (size,) or std.shape != (size,):
+        raise ValueError(
+            f"{name}: mean and std must have shape ({size},), got {tuple(mean.shape)} and {tuple(std.shape)}"
+        )
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(
+            f"{name}: mean must be finite and std positive (a constant column cannot be standardised)"
+        )
+    return mean, std
+
+
 class ExplicitTrafficNet(nn.Module):
-    """X̂(d) = s · softplus(MLP(d / 10)), an MLP m → h → h → E (tanh), sized to ``num_params``."""
+    """X̂(d) = s · softplus(MLP(d / 10)), an MLP m → h → h → E (tanh), sized to ``num_params``; or,
+    standardised, X̂(d) = m_X + σ_X ⊙ MLP((d − m_d) / σ_d) with the training split's per-link flow and
+    per-dimension context statistics (``flow_stats``, ``context_stats``)."""
 
     def __init__(
         self,
@@ -578,17 +644,33 @@ class ExplicitTrafficNet(nn.Module):
         num_params: int = 45956,
         hidden: int | None = None,
         context_scale: float = 10.0,
+        context_stats: tuple[Any, Any] | None = None,
+        flow_stats: tuple[Any, Any] | None = None,
     ) -> None:
         super().__init__()
+        if (context_stats is None) != (flow_stats is None):
+            raise ValueError("ExplicitTrafficNet: give both context_stats and flow_stats, or neither")
         h = explicit_hidden_size(num_params, context_dim, num_links) if hidden is None else hidden
         self.net = nn.Sequential(
             nn.Linear(context_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, num_links)
         )
         self.flow_scale = float(flow_scale)
         self.context_scale = float(context_scale)
+        self.standardized = context_stats is not None
+        if context_stats is not None and flow_stats is not None:
+            for prefix, stats, size in (
+                ("context", context_stats, context_dim),
+                ("flow", flow_stats, num_links),
+            ):
+                mean, std = _stats(stats, size, f"{prefix}_stats")
+                self.register_buffer(f"{prefix}_mean", mean)
+                self.register_buffer(f"{prefix}_std", std)
         self.solution: Solution | None = None  # no fixed point
 
     def forward(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
+        if self.standardized:
+            z = self.net((d - self.context_mean.to(d.dtype)) / self.context_std.to(d.dtype))  # (B, E)
+            return self.flow_mean.to(z.dtype) + self.flow_std.to(z.dtype) * z
         return self.flow_scale * F.softplus(self.net(d / self.context_scale))
 
 

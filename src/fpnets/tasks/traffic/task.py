@@ -83,11 +83,11 @@ NFPN_SOLVER_DEFAULTS: dict[str, Any] = {"tol": 1e-4, "max_iter": 50, "norm": "l2
 
 VARIANT_KEYS: dict[str, tuple[str, ...]] = {
     "nfpn": ("alpha", "commodity", "hidden", "initial"),
-    "averaged": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
-    "averaged-wide": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
-    "averaged-diag": ("alpha", "commodity", "hidden", "mu", "bound", "initial"),
+    "averaged": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize"),
+    "averaged-wide": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize"),
+    "averaged-diag": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize"),
     "bpr": ("alpha", "commodity", "hidden", "cap_range", "gap", "rounds"),
-    "explicit": ("hidden", "num_params"),
+    "explicit": ("hidden", "num_params", "standardize"),
     "mean-capacity": (),
 }
 """The ``[model]`` option keys each variant takes (the others must stay unset)."""
@@ -251,6 +251,12 @@ class TrafficModelConfig(ModelConfig):
     """bpr: the relative Wardrop gap its forward equilibrium solve reaches (1e-7)."""
     rounds: int | None = None
     """bpr: the most column-generation rounds of that solve (200)."""
+    standardize: bool | None = None
+    """explicit and averaged variants: standardise with the training split's statistics (unset:
+    false). Contexts enter as (d − mean) / std per dimension (not d / 10); the explicit MLP predicts
+    m_X + σ_X ⊙ MLP(·) with the per-link flow mean and standard deviation (not s · softplus(MLP));
+    the averaged N-FPNs anchor c(d) = −μ (m_X + σ_X ⊙ ĉ(d)) / s, so that with A = 0 their fixed
+    point is the projection of that regression onto the feasible flows."""
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "variant": tuple(VARIANT_KEYS),
@@ -427,6 +433,10 @@ class TrafficTask(Task):
             )
         data = self.dataset(self._data_dir)
         options = m.options()
+        if options.pop("standardize", False):
+            d, x = data.train.context.double(), data.train.flow.double()
+            options["context_stats"] = (d.mean(0).numpy(), d.std(0).numpy())
+            options["flow_stats"] = (x.mean(0).numpy(), x.std(0).clamp_min(1e-6 * float(x.mean())).numpy())
         backward = cfg.backward.spec()
         if m.variant == "explicit":
             if backward is not None:
