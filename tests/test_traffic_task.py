@@ -194,6 +194,12 @@ def test_standardize_uses_the_training_split_statistics(root: Path) -> None:
             )
         np.testing.assert_allclose(model.context_mean.numpy(), d.mean(0).numpy(), rtol=1e-6)
         np.testing.assert_allclose(model.context_std.numpy(), d.std(0).numpy(), rtol=1e-6)
+        # data.limit: the statistics of the contexts trained on, not of the whole training split
+        cut = tiny(
+            root, f'model.variant="{variant}"', "model.standardize=true", "data.limit=10", *extra
+        ).make_task()
+        cut.load_splits(root)
+        np.testing.assert_allclose(cut.build_model().context_mean.numpy(), d[:10].mean(0).numpy(), rtol=1e-6)
         # false keeps the d / 10 inputs (and the s · softplus readout, the unanchored c(d))
         plain = tiny(root, f'model.variant="{variant}"', "model.standardize=false", *extra).make_task()
         plain.load_splits(root)

@@ -433,8 +433,9 @@ class TrafficTask(Task):
             )
         data = self.dataset(self._data_dir)
         options = m.options()
-        if options.pop("standardize", False):
-            d, x = data.train.context.double(), data.train.flow.double()
+        if options.pop("standardize", False):  # statistics of the contexts trained on (data.limit)
+            n = self.config.data.limit or len(data.train)
+            d, x = data.train.context[:n].double(), data.train.flow[:n].double()
             options["context_stats"] = (d.mean(0).numpy(), d.std(0).numpy())
             options["flow_stats"] = (x.mean(0).numpy(), x.std(0).clamp_min(1e-6 * float(x.mean())).numpy())
         backward = cfg.backward.spec()
