@@ -50,7 +50,6 @@ def main() -> None:
                 f"train.epochs={args.epochs}",
                 f"run.threads={args.threads}",
                 "run.tensorboard=false",
-                "run.plots=false",
                 "run.progress=false",
                 *args.set,
             ],
