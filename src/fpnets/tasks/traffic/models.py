@@ -181,16 +181,7 @@ class CocoerciveGameGradient(nn.Module):
         standardised regression that the projection can only bring closer to X*. Needs μ > 0."""
         if not self.mu > 0:
             raise ValueError("CocoerciveGameGradient.anchor: needs mu > 0 (c(d) is anchored at −μ m)")
-        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-        if mean.shape != (self.num_links,) or std.shape != (self.num_links,):
-            raise ValueError(
-                f"CocoerciveGameGradient.anchor: mean and std must have shape ({self.num_links},), "
-                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
-            )
-        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-            raise ValueError("CocoerciveGameGradient.anchor: mean must be finite and std positive")
-        self.register_buffer("c_mean", mean)
-        self.register_buffer("c_std", std)
+        _register_stats(self, "c", (mean, std), self.num_links, "CocoerciveGameGradient.anchor")
         self.anchored = True
 
     @property
@@ -367,9 +358,7 @@ class TrafficNFPN(nn.Module):
         self.register_buffer("z0", torch.as_tensor(z0, dtype=torch.float32))
         self.standardized = context_stats is not None
         if context_stats is not None:
-            mean, std = _stats(context_stats, context_dim, "context_stats")
-            self.register_buffer("context_mean", mean)
-            self.register_buffer("context_std", std)
+            _register_stats(self, "context", context_stats, context_dim, "context_stats")
         if flow_stats is not None:
             if not isinstance(self.game, CocoerciveGameGradient):
                 raise ValueError(f"flow_stats apply to the averaged variants, not {variant!r}")
@@ -382,9 +371,7 @@ class TrafficNFPN(nn.Module):
 
     def normalize(self, d: Tensor) -> Tensor:  # (B, m) -> (B, m)
         """The context as F_Θ sees it: (d − mean) / std when standardised, else d / context_scale."""
-        if self.standardized:
-            return (d - self.context_mean.to(d.dtype)) / self.context_std.to(d.dtype)
-        return d / self.context_scale
+        return _normalize(self, d)
 
     def averaged_step_limit(self) -> float:
         """2 / (K L): DYS is averaged for α below it (variant "averaged"; inf is not claimed for "nfpn")."""
@@ -611,6 +598,21 @@ def explicit_hidden_size(num_params: int, context_dim: int, num_links: int) -> i
     return max(1, round(h))
 
 
+def _register_stats(module: nn.Module, prefix: str, stats: tuple[Any, Any], size: int, name: str) -> None:
+    """Checked (mean, std) (:func:`_stats`) as the buffers ``<prefix>_mean`` and ``<prefix>_std``."""
+    mean, std = _stats(stats, size, name)
+    module.register_buffer(f"{prefix}_mean", mean)
+    module.register_buffer(f"{prefix}_std", std)
+
+
+def _normalize(module: nn.Module, d: Tensor) -> Tensor:  # (B, m) -> (B, m)
+    """A model's context input: (d − context_mean) / context_std when ``module.standardized``, else
+    d / ``module.context_scale``."""
+    if module.standardized:
+        return (d - module.context_mean.to(d.dtype)) / module.context_std.to(d.dtype)
+    return d / module.context_scale
+
+
 def _stats(stats: tuple[Any, Any], size: int, name: str) -> tuple[Tensor, Tensor]:
     """(mean, std) as float32 tensors of shape (size,), checked (finite; std > 0)."""
     try:
@@ -658,20 +660,15 @@ class ExplicitTrafficNet(nn.Module):
         self.context_scale = float(context_scale)
         self.standardized = context_stats is not None
         if context_stats is not None and flow_stats is not None:
-            for prefix, stats, size in (
-                ("context", context_stats, context_dim),
-                ("flow", flow_stats, num_links),
-            ):
-                mean, std = _stats(stats, size, f"{prefix}_stats")
-                self.register_buffer(f"{prefix}_mean", mean)
-                self.register_buffer(f"{prefix}_std", std)
+            _register_stats(self, "context", context_stats, context_dim, "context_stats")
+            _register_stats(self, "flow", flow_stats, num_links, "flow_stats")
         self.solution: Solution | None = None  # no fixed point
 
     def forward(self, d: Tensor) -> Tensor:  # (B, m) -> (B, E)
+        z = self.net(_normalize(self, d))  # (B, E)
         if self.standardized:
-            z = self.net((d - self.context_mean.to(d.dtype)) / self.context_std.to(d.dtype))  # (B, E)
             return self.flow_mean.to(z.dtype) + self.flow_std.to(z.dtype) * z
-        return self.flow_scale * F.softplus(self.net(d / self.context_scale))
+        return self.flow_scale * F.softplus(z)
 
 
 class MeanCapacityBaseline(nn.Module):
