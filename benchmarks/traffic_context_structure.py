@@ -67,6 +67,16 @@ def fit_units(
     return U.detach(), u.detach(), predict
 
 
+def traffic_data(config: str, data_dir: str):
+    """The cached (or generated) TrafficData of a bundled traffic config; exits on another task."""
+    from fpnets.train import load_config
+
+    task = load_config(config, []).make_task()
+    if not hasattr(task, "dataset"):
+        raise SystemExit(f"{config}: not a traffic config")
+    return task.dataset(data_dir)
+
+
 def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--data-dir", required=True, help="holds transportation-networks/ (or the network)")
@@ -80,13 +90,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from fpnets.train import load_config
-
-    cfg = load_config(args.config, [])
-    task = cfg.make_task()
-    if not hasattr(task, "dataset"):
-        raise SystemExit(f"{args.config}: not a traffic config")
-    data = task.dataset(args.data_dir)
+    data = traffic_data(args.config, args.data_dir)
     weight, r = data.model.weight, data.model.cap_range
     d_tr, x_tr = data.train.context.double(), data.train.flow.double()
     d_va, x_va = data.val.context.double(), data.val.flow.double()

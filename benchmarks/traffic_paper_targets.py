@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from traffic_context_structure import fit_units
+from traffic_context_structure import fit_units, traffic_data
 
 from common import command_line, environment, script_parser, write_json
 
@@ -123,13 +123,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from fpnets.tasks.traffic.assignment import relative_gap
-    from fpnets.train import load_config
 
-    cfg = load_config(args.config, [])
-    task = cfg.make_task()
-    if not hasattr(task, "dataset"):
-        raise SystemExit(f"{args.config}: not a traffic config")
-    data = task.dataset(args.data_dir)
+    data = traffic_data(args.config, args.data_dir)
     net, model = data.network, data.model
     if net.first_thru_node > 0:  # the published generator lets every OD pair use every link
         raise SystemExit(f"{net.name}: zones that may not be passed through; the replica ignores them")
