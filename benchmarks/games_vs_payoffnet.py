@@ -20,20 +20,40 @@ payoff-cold (the same, every solve from uniform strategies) and payoffnet. Learn
 to the authors' (N-FPN: 1e-2 for n < 25, else 1e-3; Payoff-Net and the payoff N-FPNs, which share
 its network: 1e-1); ``--lr`` overrides all. Payoff-Net's hidden width is chosen so its parameter count is closest to the
 N-FPN's (``--payoff-hidden 3`` gives the authors' network).
+
+The peer: ``--peer-dir DIR`` (a checkout of github.com/DanielMckenzie/Nash_FPNs, the folder that holds
+``matrix-games/``) adds the model ``payoffnet-authors``: the authors' own Payoff-Net (their
+``Networks.Payoff_Net``, hidden width 3, with their differentiable solver: a per-game NumPy Newton
+method on the KKT system and a per-game linear solve in the backward), imported from that checkout
+and trained in the same loop on the same data. Their ``utils`` module imports ``prettytable`` only
+to print parameter tables; when that package is absent an empty stand-in module is registered.
+
+Targets (``--targets``): ``qre`` (default) trains and tests on the exact QREs. ``paper-pgd`` replaces
+every split's targets by our re-implementation of the authors' generator's mechanism (their
+``Generate_Data.py``): projected gradient x ← P_{Δ×Δ}(x − s F(x)) from uniform strategies for all
+games at once, s = 5e-5 halved every 100 steps, stopped when the largest change ‖x − x_prev‖ over all
+games is below 1e-8 or after 20,000 steps (with their F, log(x + 1e-12)). Those targets are not
+QREs; the MSE columns are then to these targets (the paper's metric) and ``test_mse_to_qre`` is the
+distance of the same predictions to the exact QREs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import sys
 import time
+import types
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 import fpnets
+from fpnets.operators.simplex import project_simplex
 from fpnets.tasks.games import (
     ContractiveNashFPN,
     GameData,
@@ -49,9 +69,97 @@ from fpnets.tasks.games import (
 
 from common import choose, command_line, environment, fmt, markdown_table, script_parser, write_json
 
-MODEL_NAMES = ("nfpn", "contractive", "payoff", "payoff-cold", "payoffnet")
+MODEL_NAMES = ("nfpn", "contractive", "payoff", "payoff-cold", "payoffnet", "payoffnet-authors")
 """payoff: the model-based N-FPN (Payoff-Net's payoff network as F_Θ, JFB, warm-started Newton
-forward); payoff-cold: the same without warm starts (every solve from uniform strategies)."""
+forward); payoff-cold: the same without warm starts (every solve from uniform strategies);
+payoffnet-authors: the authors' Payoff-Net code, from ``--peer-dir``."""
+DEFAULT_MODELS = MODEL_NAMES[:-1]
+TARGETS = ("qre", "paper-pgd")
+
+
+class AuthorsPayoffNet(nn.Module):
+    """The authors' ``Networks.Payoff_Net`` (imported from a Nash_FPNs checkout), its (B, 2n) output
+    reshaped to our (B, 2, n) profiles. Nothing of theirs is copied into this repository."""
+
+    def __init__(self, net: nn.Module, n: int) -> None:
+        super().__init__()
+        self.net, self.n = net, n
+        self.solution = None  # their solver reports no iteration counts
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        return self.net(d).view(-1, 2, self.n)  # (B, 2n) → (B, 2, n)
+
+
+def authors_payoff_net_class(peer_dir: str | None) -> type[nn.Module]:
+    """``Payoff_Net`` from ``<peer_dir>/matrix-games/Networks.py``; a clear exit when it is missing."""
+    if peer_dir is None:
+        raise SystemExit(
+            "payoffnet-authors needs --peer-dir: a checkout of github.com/DanielMckenzie/Nash_FPNs "
+            "(the folder that holds matrix-games/)"
+        )
+    folder = Path(peer_dir) / "matrix-games"
+    if not (folder / "Networks.py").is_file():
+        raise SystemExit(f"--peer-dir {peer_dir}: no matrix-games/Networks.py there (a Nash_FPNs checkout?)")
+    try:
+        import prettytable  # noqa: F401  (their utils module imports it to print tables)
+    except ImportError:
+        sys.modules["prettytable"] = types.SimpleNamespace(PrettyTable=None)  # type: ignore[assignment]
+    sys.path.insert(0, str(folder))
+    from Networks import Payoff_Net  # type: ignore[import-not-found]
+
+    return Payoff_Net
+
+
+def paper_pgd_targets(B: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The authors' generator's mechanism (re-implemented, float64): projected gradient on the
+    game gradient from uniform strategies, step 5e-5 halved every 100 steps, stopped when the
+    largest ‖x − x_prev‖ over all games is below 1e-8 or after 20,000 steps.
+
+    Args:
+        B: (N, n, n) the true payoff matrices of all games (solved together, as theirs are).
+
+    Returns:
+        the (N, 2, n) iterates and the number of steps taken.
+    """
+    n = B.shape[-1]
+    x = B.new_full((B.shape[0], 2, n), 1.0 / (2 * n))  # their start: 1/(2n) per entry
+    step, k = 5e-5, 0
+    while k < 20_000:
+        logx = torch.log(x + 1e-12)
+        f1 = (B @ x[:, 1].unsqueeze(-1)).squeeze(-1) + logx[:, 0] + 1.0  # B x₂ + log x₁ + 1
+        f2 = -(B.transpose(-1, -2) @ x[:, 0].unsqueeze(-1)).squeeze(-1) + logx[:, 1] + 1.0
+        new = project_simplex(x - step * torch.stack([f1, f2], dim=1))
+        change = float((new - x).flatten(1).norm(dim=1).max())
+        x, k = new, k + 1
+        if change < 1e-8:
+            break
+        if k % 100 == 0:
+            step *= 0.5
+    return x, k
+
+
+def with_paper_targets(data: GameData) -> tuple[GameData, dict[str, torch.Tensor], dict[str, Any]]:
+    """``data`` with every split's targets replaced by :func:`paper_pgd_targets`; also the exact QREs
+    per split and facts about the replacement (steps, mean squared distance to the QREs)."""
+    names = ("train", "val", "test")
+    splits = [data.split(s) for s in names]
+    sizes = [len(s) for s in splits]
+    B = data.payoff(torch.cat([s.context for s in splits]).to(torch.float64))
+    targets, steps = paper_pgd_targets(B)
+    exact = {name: s.target for name, s in zip(names, splits, strict=True)}
+    parts = dict(zip(names, targets.split(sizes), strict=True))
+    replaced = {
+        name: dataclasses.replace(s, target=parts[name]) for name, s in zip(names, splits, strict=True)
+    }
+    facts = {
+        "steps": steps,
+        "mse_to_qre": {
+            name: float(((parts[name] - exact[name]) ** 2).mean())
+            for name in names
+            if sizes[names.index(name)]
+        },
+    }
+    return dataclasses.replace(data, **replaced), exact, facts
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -65,6 +173,8 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
+    if name == "payoffnet-authors":
+        return AuthorsPayoffNet(authors_payoff_net_class(args.peer_dir)(n, k), n)
     solver = fpnets.Picard(tol=args.fp_tol, max_iter=args.fp_max_iter)
     if name == "nfpn":
         return NashFPN(n, k, solver=solver, warn=False)
@@ -84,13 +194,21 @@ def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
 def learning_rate(name: str, n: int, args: argparse.Namespace) -> float:
     if args.lr is not None:
         return args.lr
-    if name in ("payoffnet", "payoff", "payoff-cold"):  # the same payoff network: Payoff-Net's rate
+    if name in (
+        "payoffnet",
+        "payoffnet-authors",
+        "payoff",
+        "payoff-cold",
+    ):  # the same payoff network: Payoff-Net's rate
         return 1e-1
     return 1e-2 if n < 25 else 1e-3
 
 
-def evaluate(model: nn.Module, data: GameData, split: str, batch: int) -> dict[str, float]:
-    """Mean of every metric over a split (float32 model, float64 metrics)."""
+def evaluate(
+    model: nn.Module, data: GameData, split: str, batch: int, exact: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Mean of every metric over a split (float32 model, float64 metrics); with ``exact`` (the
+    split's exact QREs when the targets are not), also ``mse_to_qre``."""
     s = data.split(split)
     model.eval()
     sums: dict[str, float] = {}
@@ -100,7 +218,10 @@ def evaluate(model: nn.Module, data: GameData, split: str, batch: int) -> dict[s
             pred = model(d.float())
             sol = getattr(model, "solution", None)
             its = None if sol is None else sol.iterations
-            for key, v in game_metrics(pred, x, data.payoff(d), its).items():
+            metrics = game_metrics(pred, x, data.payoff(d), its)
+            if exact is not None:
+                metrics["mse_to_qre"] = ((pred.double() - exact[i : i + batch]) ** 2).flatten(1).mean(1)
+            for key, v in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(v.sum())
     return {k: v / len(s) for k, v in sums.items()}
 
@@ -144,7 +265,9 @@ def train(model: nn.Module, data: GameData, lr: float, args: argparse.Namespace)
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = script_parser(__doc__)
     p.add_argument("--sizes", default="5,10,25,50", help="numbers of actions n (comma-separated)")
-    p.add_argument("--models", default=",".join(MODEL_NAMES), help=f"subset of {','.join(MODEL_NAMES)}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"subset of {','.join(MODEL_NAMES)}")
+    p.add_argument("--peer-dir", default=None, help="a Nash_FPNs checkout, for the model payoffnet-authors")
+    p.add_argument("--targets", default="qre", help=f"one of {', '.join(TARGETS)} (see the module docstring)")
     p.add_argument("--train", type=int, default=500, help="training games")
     p.add_argument("--val", type=int, default=100, help="validation games (learning-rate schedule)")
     p.add_argument("--test", type=int, default=200, help="test games")
@@ -179,6 +302,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     sizes = parse_sizes(args.sizes)
     names = choose(args.models, MODEL_NAMES, "model")
+    if args.targets not in TARGETS:
+        raise SystemExit(f"--targets must be one of {', '.join(TARGETS)}, got {args.targets!r}")
+    if "payoffnet-authors" in names:
+        authors_payoff_net_class(args.peer_dir)  # fail before any training
     if args.payoff_hidden != "match" and not args.payoff_hidden.isdigit():
         raise SystemExit(f"--payoff-hidden must be a positive integer or 'match', got {args.payoff_hidden!r}")
     if args.threads:
@@ -198,6 +325,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         t0 = time.perf_counter()
         data = load_games(cfg, args.data_dir)
+        exact: dict[str, torch.Tensor] | None = None
+        if args.targets == "paper-pgd":
+            data, exact, facts = with_paper_targets(data)
+            payload.setdefault("paper_targets", {})[str(n)] = facts
         data_s = time.perf_counter() - t0
         for name in names:
             torch.manual_seed(args.seed)
@@ -206,7 +337,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", fpnets.ConvergenceWarning)
                 run = train(model, data, lr, args)
-                test = evaluate(model, data, "test", args.eval_batch)
+                test = evaluate(
+                    model, data, "test", args.eval_batch, None if exact is None else exact["test"]
+                )
             row = {
                 "n": n,
                 "model": name,

@@ -476,3 +476,112 @@ def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
         for key in keys:
             assert math.isfinite(r[key]) and r[key] >= 0, (r["model"], key)
         assert r["forward_s"] <= r["train_time_s"]
+
+
+def _games_benchmark_module():  # type: ignore[no-untyped-def]
+    """benchmarks/games_vs_payoffnet.py imported as a module (it imports benchmarks/common.py)."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("games_vs_payoffnet")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_paper_pgd_targets_are_early_stopped_projected_gradient_not_qres() -> None:
+    from fpnets.tasks.games import GameDataConfig, generate_games, projected_residual, qre_residual
+
+    bench = _games_benchmark_module()
+    data = generate_games(GameDataConfig(4, n_train=6, n_val=2, n_test=2, seed=3))
+    B = data.payoff(data.train.context)
+    x, steps = bench.paper_pgd_targets(B)
+    # points of the simplices, reached by the 1e-8 stop long before the 20,000-step cap
+    assert x.shape == (6, 2, 4) and bool((x >= 0).all())
+    torch.testing.assert_close(x.sum(-1), torch.ones(6, 2, dtype=torch.float64))
+    assert 100 < steps < 20_000
+    # the step sizes sum to about 1e-2, so the iterates stay far from the exact QREs
+    assert float(qre_residual(B, x).min()) > 1e-2
+    assert float(((x - data.train.target) ** 2).mean()) > 1e-3
+    assert float(projected_residual(B, data.train.target).max()) < 1e-10  # the QREs are fixed points
+    # the replacement keeps contexts and exact QREs aside, per split
+    replaced, exact, facts = bench.with_paper_targets(data)
+    torch.testing.assert_close(replaced.train.context, data.train.context)
+    torch.testing.assert_close(exact["test"], data.test.target)
+    assert facts["steps"] > 100 and facts["mse_to_qre"]["train"] > 1e-3
+    assert not torch.allclose(replaced.val.target, data.val.target)
+
+
+def test_benchmark_script_paper_targets_and_peer_errors(tmp_path: Path) -> None:
+    import json
+
+    common = ["--sizes", "3", "--train", "16", "--val", "8", "--test", "8", "--epochs", "1", "--batch", "8"]
+    out = tmp_path / "games.json"
+    extra = [
+        "--models",
+        "contractive,payoffnet",
+        "--targets",
+        "paper-pgd",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "games_vs_payoffnet.py", *common, *extra],
+        cwd=ROOT / "benchmarks",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(out.read_text())
+    assert payload["paper_targets"]["3"]["steps"] > 100
+    for r in payload["rows"]:
+        assert math.isfinite(r["test_mse_to_qre"]) and r["test_mse_to_qre"] > 0
+    for extra, message in (
+        (["--models", "payoffnet-authors"], "needs --peer-dir"),
+        (["--models", "payoffnet-authors", "--peer-dir", str(tmp_path)], "no matrix-games/Networks.py"),
+        (["--targets", "bogus"], "--targets must be one of qre, paper-pgd"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "games_vs_payoffnet.py", *common, *extra],
+            cwd=ROOT / "benchmarks",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode != 0 and message in proc.stderr, (extra, proc.stderr)
+
+
+def test_benchmark_script_trains_a_peer_payoff_net_from_peer_dir(tmp_path: Path) -> None:
+    """The peer's module layout (matrix-games/Networks.py with Payoff_Net(n, k) → (B, 2n)), imitated
+    by a tiny softmax model: the script imports it from --peer-dir, trains and tests it."""
+    import json
+
+    folder = tmp_path / "peer" / "matrix-games"
+    folder.mkdir(parents=True)
+    (folder / "Networks.py").write_text(
+        "import torch\n"
+        "class Payoff_Net(torch.nn.Module):\n"
+        "    def __init__(self, n, k=3):\n"
+        "        super().__init__()\n"
+        "        self.n, self.fc = n, torch.nn.Linear(k, 2 * n)\n"
+        "    def forward(self, d):\n"
+        "        z = self.fc(d).view(-1, 2, self.n).softmax(-1)\n"
+        "        return z.reshape(-1, 2 * self.n)\n"
+    )
+    out = tmp_path / "games.json"
+    args = ["--sizes", "3", "--train", "16", "--val", "8", "--test", "8", "--epochs", "1", "--batch", "8"]
+    args += ["--models", "payoffnet-authors", "--peer-dir", str(tmp_path / "peer"), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "games_vs_payoffnet.py", *args],
+        cwd=ROOT / "benchmarks",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["model"] == "payoffnet-authors" and row["parameters"] == 3 * 6 + 6
+    assert 0 < row["test_mse"] < 1 and "test_iterations" not in row
