@@ -19,7 +19,12 @@ function of the 76 signs. This script measures, on the cached data set of a traf
 - ``units``: a regression X̂ = A tanh(U (d − 5) + u) + a₀ with ``--units`` hidden units, trained by
   full-batch Adam (``--steps``) on the flows standardised per link: its validation relative error,
   and for each true hyperplane the best agreement of sign(w_eᵀ d) with the sign of one unit
-  (quantiles over links) — whether a network with sharp units finds the hyperplanes.
+  (quantiles over links) — whether a network with sharp units finds the hyperplanes;
+- ``weight_noise`` (``--weight-noise``, comma-separated ε): the relative error of the equilibria
+  (gap 1e-9) on the validation split under the capacities of a perturbed W' = W ⊙ (1 + ε G), G
+  standard normal (seeded), i.e. with the paper's context model exactly right except for a relative
+  error ε in each weight: how precisely a model must know W to reach a given flow error. Also the
+  share of entries whose state (sign of W d) flips and the relative error of the capacities.
 
     python benchmarks/traffic_context_structure.py --data-dir ../shared/data \
         --out benchmarks/results/traffic_context_structure.json
@@ -83,7 +88,10 @@ def main() -> None:
     parser.add_argument(
         "--config", default="traffic-siouxfalls", help="traffic config whose data set is used"
     )
-    parser.add_argument("--units", default="100", help="comma-separated hidden-unit counts")
+    parser.add_argument("--units", default="100", help="comma-separated hidden-unit counts ('' for none)")
+    parser.add_argument(
+        "--weight-noise", default="", help="comma-separated relative perturbations ε of W (see the docstring)"
+    )
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -122,7 +130,25 @@ def main() -> None:
         costs = LinkCosts(net.free_flow_time, cap, np.full(e, data.model.b), np.full(e, data.model.power))
         flow = solve_equilibrium(net, costs, gap=1e-9, max_iter=500, throw=True).link_flow
         result[label] = {"val": relative_error(flow, x_va.numpy())}
-    for units in (int(u) for u in args.units.split(",")):
+    if args.weight_noise:
+        result["weight_noise"] = []
+        rng = np.random.default_rng(args.seed)
+        d_np, cap_true = d_va.numpy(), data.capacities(data.val.context)
+        for eps in (float(x) for x in args.weight_noise.split(",")):
+            w_eps = weight * (1.0 + eps * rng.standard_normal(weight.shape))
+            wd_eps = d_np @ w_eps.T
+            cap = net.capacity[None, :] * (1.0 + np.clip(wd_eps, -r, r))
+            costs = LinkCosts(net.free_flow_time, cap, np.full(e, data.model.b), np.full(e, data.model.power))
+            flow = solve_equilibrium(net, costs, gap=1e-9, max_iter=500, throw=True).link_flow
+            result["weight_noise"].append(
+                {
+                    "eps": eps,
+                    "val": relative_error(flow, x_va.numpy()),
+                    "state_flips": float(np.mean(np.sign(wd_eps) != s_va)),
+                    "capacity_rel_error": relative_error(cap, cap_true),
+                }
+            )
+    for units in (int(u) for u in args.units.split(",") if u.strip()):
         start = time.perf_counter()
         U, u, predict = fit_units(d_tr, x_tr, units, args.steps, args.seed)
         est = np.sign(((d_va - 5.0) @ U.T + u).numpy())  # (N, H)
