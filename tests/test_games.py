@@ -447,17 +447,23 @@ def test_doc_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "qre_residual" in capsys.readouterr().out
 
 
-def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
-    out = tmp_path / "games.json"
-    args = ["--sizes", "3", "--train", "16", "--val", "8", "--test", "8", "--epochs", "1", "--batch", "8"]
-    args += ["--data-dir", str(tmp_path / "data"), "--out", str(out), "--threads", "1"]
-    proc = subprocess.run(
-        [sys.executable, "games_vs_payoffnet.py", *args],
+TINY_BENCH = ["--sizes", "3", "--train", "16", "--val", "8", "--test", "8", "--epochs", "1", "--batch", "8"]
+
+
+def run_games_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """benchmarks/games_vs_payoffnet.py on tiny games (n = 3, one epoch) with ``args`` added."""
+    return subprocess.run(
+        [sys.executable, "games_vs_payoffnet.py", *TINY_BENCH, *args],
         cwd=ROOT / "benchmarks",
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "games.json"
+    proc = run_games_bench("--data-dir", str(tmp_path / "data"), "--out", str(out), "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     import json
 
@@ -515,24 +521,9 @@ def test_paper_pgd_targets_are_early_stopped_projected_gradient_not_qres() -> No
 def test_benchmark_script_paper_targets_and_peer_errors(tmp_path: Path) -> None:
     import json
 
-    common = ["--sizes", "3", "--train", "16", "--val", "8", "--test", "8", "--epochs", "1", "--batch", "8"]
     out = tmp_path / "games.json"
-    extra = [
-        "--models",
-        "contractive,payoffnet",
-        "--targets",
-        "paper-pgd",
-        "--out",
-        str(out),
-        "--threads",
-        "1",
-    ]
-    proc = subprocess.run(
-        [sys.executable, "games_vs_payoffnet.py", *common, *extra],
-        cwd=ROOT / "benchmarks",
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_games_bench(
+        "--models", "contractive,payoffnet", "--targets", "paper-pgd", "--out", str(out), "--threads", "1"
     )
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(out.read_text())
@@ -544,13 +535,7 @@ def test_benchmark_script_paper_targets_and_peer_errors(tmp_path: Path) -> None:
         (["--models", "payoffnet-authors", "--peer-dir", str(tmp_path)], "no matrix-games/Networks.py"),
         (["--targets", "bogus"], "--targets must be one of qre, paper-pgd"),
     ):
-        proc = subprocess.run(
-            [sys.executable, "games_vs_payoffnet.py", *common, *extra],
-            cwd=ROOT / "benchmarks",
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_games_bench(*extra)
         assert proc.returncode != 0 and message in proc.stderr, (extra, proc.stderr)
 
 
@@ -572,14 +557,8 @@ def test_benchmark_script_trains_a_peer_payoff_net_from_peer_dir(tmp_path: Path)
         "        return z.reshape(-1, 2 * self.n)\n"
     )
     out = tmp_path / "games.json"
-    args = ["--sizes", "3", "--train", "16", "--val", "8", "--test", "8", "--epochs", "1", "--batch", "8"]
-    args += ["--models", "payoffnet-authors", "--peer-dir", str(tmp_path / "peer"), "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "games_vs_payoffnet.py", *args],
-        cwd=ROOT / "benchmarks",
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_games_bench(
+        "--models", "payoffnet-authors", "--peer-dir", str(tmp_path / "peer"), "--out", str(out)
     )
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(out.read_text())["rows"]
