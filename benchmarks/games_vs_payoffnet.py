@@ -32,7 +32,8 @@ Targets (``--targets``): ``qre`` (default) trains and tests on the exact QREs. `
 every split's targets by our re-implementation of the authors' generator's mechanism (their
 ``Generate_Data.py``): projected gradient x ← P_{Δ×Δ}(x − s F(x)) from uniform strategies for all
 games at once, s = 5e-5 halved every 100 steps, stopped when the largest change ‖x − x_prev‖ over all
-games is below 1e-8 or after 20,000 steps (with their F, log(x + 1e-12)). Those targets are not
+games is below 1e-8 or after 20,000 steps (their F takes log(x + 1e-12): here the library's
+``game_gradient`` at x + 1e-12). Those targets are not
 QREs; the MSE columns are then to these targets (the paper's metric) and ``test_mse_to_qre`` is the
 distance of the same predictions to the exact QREs.
 """
@@ -61,8 +62,10 @@ from fpnets.tasks.games import (
     NashFPN,
     PayoffNashFPN,
     PayoffNet,
+    game_gradient,
     game_metrics,
     load_games,
+    mse,
     mse_loss,
     payoff_net_hidden_for,
 )
@@ -74,6 +77,8 @@ MODEL_NAMES = ("nfpn", "contractive", "payoff", "payoff-cold", "payoffnet", "pay
 forward); payoff-cold: the same without warm starts (every solve from uniform strategies);
 payoffnet-authors: the authors' Payoff-Net code, from ``--peer-dir``."""
 DEFAULT_MODELS = MODEL_NAMES[:-1]
+PAYOFF_NETWORK_MODELS = ("payoffnet", "payoffnet-authors", "payoff", "payoff-cold")
+"""The models built on Payoff-Net's payoff network: they train at Payoff-Net's learning rate."""
 TARGETS = ("qre", "paper-pgd")
 
 
@@ -104,7 +109,8 @@ def authors_payoff_net_class(peer_dir: str | None) -> type[nn.Module]:
         import prettytable  # noqa: F401  (their utils module imports it to print tables)
     except ImportError:
         sys.modules["prettytable"] = types.SimpleNamespace(PrettyTable=None)  # type: ignore[assignment]
-    sys.path.insert(0, str(folder))
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     from Networks import Payoff_Net  # type: ignore[import-not-found]
 
     return Payoff_Net
@@ -125,10 +131,7 @@ def paper_pgd_targets(B: torch.Tensor) -> tuple[torch.Tensor, int]:
     x = B.new_full((B.shape[0], 2, n), 1.0 / (2 * n))  # their start: 1/(2n) per entry
     step, k = 5e-5, 0
     while k < 20_000:
-        logx = torch.log(x + 1e-12)
-        f1 = (B @ x[:, 1].unsqueeze(-1)).squeeze(-1) + logx[:, 0] + 1.0  # B x₂ + log x₁ + 1
-        f2 = -(B.transpose(-1, -2) @ x[:, 0].unsqueeze(-1)).squeeze(-1) + logx[:, 1] + 1.0
-        new = project_simplex(x - step * torch.stack([f1, f2], dim=1))
+        new = project_simplex(x - step * game_gradient(B, x + 1e-12))  # their log(x + 1e-12)
         change = float((new - x).flatten(1).norm(dim=1).max())
         x, k = new, k + 1
         if change < 1e-8:
@@ -151,14 +154,8 @@ def with_paper_targets(data: GameData) -> tuple[GameData, dict[str, torch.Tensor
     replaced = {
         name: dataclasses.replace(s, target=parts[name]) for name, s in zip(names, splits, strict=True)
     }
-    facts = {
-        "steps": steps,
-        "mse_to_qre": {
-            name: float(((parts[name] - exact[name]) ** 2).mean())
-            for name in names
-            if sizes[names.index(name)]
-        },
-    }
+    mse_to_qre = {name: float(mse(parts[name], exact[name]).mean()) for name in names if len(parts[name])}
+    facts = {"steps": steps, "mse_to_qre": mse_to_qre}
     return dataclasses.replace(data, **replaced), exact, facts
 
 
@@ -194,12 +191,7 @@ def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
 def learning_rate(name: str, n: int, args: argparse.Namespace) -> float:
     if args.lr is not None:
         return args.lr
-    if name in (
-        "payoffnet",
-        "payoffnet-authors",
-        "payoff",
-        "payoff-cold",
-    ):  # the same payoff network: Payoff-Net's rate
+    if name in PAYOFF_NETWORK_MODELS:
         return 1e-1
     return 1e-2 if n < 25 else 1e-3
 
@@ -220,7 +212,7 @@ def evaluate(
             its = None if sol is None else sol.iterations
             metrics = game_metrics(pred, x, data.payoff(d), its)
             if exact is not None:
-                metrics["mse_to_qre"] = ((pred.double() - exact[i : i + batch]) ** 2).flatten(1).mean(1)
+                metrics["mse_to_qre"] = mse(pred, exact[i : i + batch])
             for key, v in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(v.sum())
     return {k: v / len(s) for k, v in sums.items()}
