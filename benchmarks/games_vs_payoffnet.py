@@ -111,8 +111,13 @@ def authors_payoff_net_class(peer_dir: str | None) -> type[nn.Module]:
         sys.modules["prettytable"] = types.SimpleNamespace(PrettyTable=None)  # type: ignore[assignment]
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
-    from Networks import Payoff_Net  # type: ignore[import-not-found]
-
+    try:
+        from Networks import Payoff_Net  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise SystemExit(
+            f"--peer-dir {peer_dir}: importing matrix-games/Networks.py failed ({exc}); "
+            "install what it needs or check the checkout"
+        ) from None
     return Payoff_Net
 
 

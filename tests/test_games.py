@@ -530,10 +530,17 @@ def test_benchmark_script_paper_targets_and_peer_errors(tmp_path: Path) -> None:
     assert payload["paper_targets"]["3"]["steps"] > 100
     for r in payload["rows"]:
         assert math.isfinite(r["test_mse_to_qre"]) and r["test_mse_to_qre"] > 0
+    broken = tmp_path / "broken"  # a checkout whose Networks.py needs a module that is not installed
+    (broken / "matrix-games").mkdir(parents=True)
+    (broken / "matrix-games" / "Networks.py").write_text("import a_module_that_is_not_installed\n")
     for extra, message in (
         (["--models", "payoffnet-authors"], "needs --peer-dir"),
         (["--models", "payoffnet-authors", "--peer-dir", str(tmp_path)], "no matrix-games/Networks.py"),
         (["--targets", "bogus"], "--targets must be one of qre, paper-pgd"),
+        (
+            ["--models", "payoffnet-authors", "--peer-dir", str(broken)],
+            "importing matrix-games/Networks.py failed",
+        ),
     ):
         proc = run_games_bench(*extra)
         assert proc.returncode != 0 and message in proc.stderr, (extra, proc.stderr)
