@@ -14,7 +14,7 @@ defaults here are small, to run in a few minutes; the paper's scale is
     python benchmarks/games_vs_payoffnet.py --sizes 5,10,15,20,25 --train 2000 --test 100 --epochs 100 \\
         --batch 200 --data-dir ../shared/data/games --out benchmarks/results/games.json
 
-Models (``--models``): nfpn, contractive, payoff (the model-based N-FPN: Payoff-Net's payoff network
+Models (``--models``): nfpn, contractive, logit (the logit best-response N-FPN), payoff (the model-based N-FPN: Payoff-Net's payoff network
 inside F_Θ, so its fixed point is the QRE of B̂(d); warm-started Newton forward, JFB gradient),
 payoff-cold (the same, every solve from uniform strategies) and payoffnet. Learning rates default
 to the authors' (N-FPN: 1e-2 for n < 25, else 1e-3; Payoff-Net and the payoff N-FPNs, which share
@@ -59,6 +59,7 @@ from fpnets.tasks.games import (
     ContractiveNashFPN,
     GameData,
     GameDataConfig,
+    LogitNashFPN,
     NashFPN,
     PayoffNashFPN,
     PayoffNet,
@@ -72,8 +73,9 @@ from fpnets.tasks.games import (
 
 from common import choose, command_line, environment, fmt, markdown_table, script_parser, write_json
 
-MODEL_NAMES = ("nfpn", "contractive", "payoff", "payoff-cold", "payoffnet", "payoffnet-authors")
-"""payoff: the model-based N-FPN (Payoff-Net's payoff network as F_Θ, JFB, warm-started Newton
+MODEL_NAMES = ("nfpn", "contractive", "logit", "payoff", "payoff-cold", "payoffnet", "payoffnet-authors")
+"""logit: the N-FPN whose operator is the logit best response of a learned game (a (ρ/2)-contraction,
+no zero outputs); payoff: the model-based N-FPN (Payoff-Net's payoff network as F_Θ, JFB, warm-started Newton
 forward); payoff-cold: the same without warm starts (every solve from uniform strategies);
 payoffnet-authors: the authors' Payoff-Net code, from ``--peer-dir``."""
 DEFAULT_MODELS = MODEL_NAMES[:-1]
@@ -183,6 +185,8 @@ def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
     if name == "contractive":
         opts = {key: getattr(args, key) for key in ("mu", "rho") if getattr(args, key) is not None}
         return ContractiveNashFPN(n, k, solver=solver, warn=False, **opts)
+    if name == "logit":
+        return LogitNashFPN(n, k, solver=solver, warn=False)
     if args.payoff_hidden == "match":
         hidden = payoff_net_hidden_for(sum(p.numel() for p in NashFPN(n, k).parameters()), n, k)
     else:
@@ -349,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 **{f"test_{k}": v for k, v in test.items()},
                 "history": run["history"],
             }
-            if isinstance(model, ContractiveNashFPN):
+            if isinstance(model, (ContractiveNashFPN, LogitNashFPN)):
                 row["contraction_bound"] = model.contraction_bound
             rows.append(row)
             payload["rows"] = rows

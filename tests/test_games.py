@@ -468,7 +468,14 @@ def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
     import json
 
     rows = json.loads(out.read_text())["rows"]
-    assert {r["model"] for r in rows} == {"nfpn", "contractive", "payoff", "payoff-cold", "payoffnet"}
+    assert {r["model"] for r in rows} == {
+        "nfpn",
+        "contractive",
+        "logit",
+        "payoff",
+        "payoff-cold",
+        "payoffnet",
+    }
     for r in rows:
         assert r["n"] == 3 and r["epochs"] == 1
         keys = (

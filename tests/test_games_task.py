@@ -39,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-VARIANTS = ("nfpn", "contractive", "payoff", "payoffnet")
+VARIANTS = ("nfpn", "contractive", "logit", "payoff", "payoffnet")
 
 TINY = [
     "data.n_actions=4",
@@ -69,6 +69,7 @@ def test_bundled_config_resolves_and_round_trips(variant: str) -> None:
     assert cfg.run_name == f"games-n10-{variant}" and cfg.select == "val.mse"
     assert cfg.data.payoff_low < 0 < cfg.data.payoff_high  # mixed equilibria (see the config)
     assert (cfg.model.mu is not None) == (variant == "contractive")
+    assert (cfg.model.rho is not None) == (variant in ("contractive", "logit"))
     assert (cfg.model.hidden is not None) == (variant in ("payoff", "payoffnet"))
 
 
@@ -133,7 +134,8 @@ def test_solver_and_backward_come_from_the_config() -> None:
 
 def test_bad_config_values_name_the_valid_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"model.variant must be one of nfpn, contractive, payoff, payoffnet, got 'fpn'"
+        ConfigError,
+        match=r"model.variant must be one of nfpn, contractive, logit, payoff, payoffnet, got 'fpn'",
     ):
         load_config("games", ["model.variant=fpn"])
     with pytest.raises(
@@ -153,6 +155,12 @@ def test_bad_config_values_name_the_valid_ones() -> None:
         load_config("games", ["model.variant=contractive", "model.qre_tol=1e-8"])
     with pytest.raises(ConfigError, match=r"model.rho must be > 0, got -1.0"):
         load_config("games", ["model.variant=contractive", "model.rho=-1.0"])
+    with pytest.raises(
+        ConfigError, match=r"model.rho must be < 2 for the logit variant \(γ = ρ/2\), got 2.0"
+    ):
+        load_config("games", ["model.variant=logit", "model.rho=2.0"])
+    with pytest.raises(ConfigError, match=r"model.mu applies to the contractive variant\(s\), not 'logit'"):
+        load_config("games", ["model.variant=logit", "model.mu=1.0"])
     with pytest.raises(ConfigError, match=r"n_actions must be an integer >= 2, got 1"):
         load_config("games", ["data.n_actions=1"])
     with pytest.raises(ConfigError, match=r"need payoff_low <= payoff_high"):

@@ -6,7 +6,7 @@ Fang, Kolter 2018). See docs/games.md.
 
 - :mod:`.qre`: game gradient, certificates, the exact batched QRE solver and the differentiable QRE layer.
 - :mod:`.data`: :class:`GameDataConfig`, :func:`load_games` (cached, checked), :class:`GameData`.
-- :mod:`.models`: :class:`NashFPN`, :class:`ContractiveNashFPN`, :class:`PayoffNashFPN`, :class:`PayoffNet`,
+- :mod:`.models`: :class:`NashFPN`, :class:`ContractiveNashFPN`, :class:`LogitNashFPN`, :class:`PayoffNashFPN`, :class:`PayoffNet`,
   :func:`build_game_model`.
 - :mod:`.metrics`: :func:`mse_loss`, :func:`game_metrics`, :data:`DIRECTIONS`.
 """
@@ -24,6 +24,7 @@ from .metrics import DIRECTIONS, game_metrics, mse, mse_loss
 from .models import (
     MODELS,
     ContractiveNashFPN,
+    LogitNashFPN,
     NashFPN,
     PayoffNashFPN,
     PayoffNet,
@@ -53,6 +54,7 @@ __all__ = [
     "GameDataConfig",
     "GameDataError",
     "GameSplit",
+    "LogitNashFPN",
     "NashFPN",
     "PayoffNashFPN",
     "PayoffNet",

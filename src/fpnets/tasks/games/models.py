@@ -15,6 +15,10 @@
   (μ-strongly monotone) and ‖F(z) − F(y)‖ ≤ L‖z − y‖ with L² = μ² + ‖G(d)‖₂² ≤ μ² + ρ². Since
   P is nonexpansive, ‖T(z) − T(y)‖² ≤ (1 − 2αμ + α²L²)‖z − y‖², a contraction for
   0 < α < 2μ/L²; the default α = μ/(μ² + ρ²) gives γ = ρ/√(μ² + ρ²). c(d) is a small MLP.
+- :class:`LogitNashFPN`: the logit best response of a learned entropy-regularised game with the same
+  G(d), c(d), T(z; d) = [softmax(−(G(d) z₂ + c₁(d))); softmax(G(d)ᵀ z₁ − c₂(d))] (the entropic
+  mirror step in place of the Euclidean projection). A (ρ/2)-contraction for ‖G(d)‖₂ ≤ ρ < 2, and
+  its outputs have no zero entries (no dead gradients); the fixed point is a QRE of the learned game.
 - :class:`PayoffNashFPN`: the model-based N-FPN. F_Θ is the game gradient of a learned zero-sum
   game, F_Θ(z; d) = [B̂(d) z₂ + log z₁ + 1; −B̂(d)ᵀ z₁ + log z₂ + 1] with B̂(d) from the same payoff
   MLP as Payoff-Net, and T(z; d) = P_{Δ×Δ}(z − α F_Θ(z; d)). Its fixed point is the QRE of B̂(d),
@@ -51,6 +55,7 @@ from .qre import _matvec, _rmatvec, antisymmetric, qre_implicit, solve_qre
 __all__ = [
     "MODELS",
     "ContractiveNashFPN",
+    "LogitNashFPN",
     "NashFPN",
     "PayoffNashFPN",
     "PayoffNet",
@@ -59,7 +64,7 @@ __all__ = [
     "payoff_net_hidden_for",
 ]
 
-MODELS = ("nfpn", "contractive", "payoff", "payoffnet")
+MODELS = ("nfpn", "contractive", "logit", "payoff", "payoffnet")
 """Names accepted by :func:`build_game_model`."""
 
 
@@ -176,7 +181,62 @@ class NashFPN(_GameFPN):
         return project_simplex(z - self.alpha * self.game_map(z, *inj))
 
 
-class ContractiveNashFPN(_GameFPN):
+class _BilinearGameFPN(_GameFPN):
+    """What the contractive and the logit N-FPN share: the antisymmetric coupling of a learned
+    context game and its linear term,
+
+        G(d) = Σ_k w_k(d) G_k,  w(d) = tanh(V d + v) ∈ [−1, 1]^m,  Σ_k ‖G_k‖₂ ≤ ρ,
+        c(d) = U₂ σ(U₁ d + u₁) + u₂ ∈ R^{2×n},
+
+    (parameters ``weights`` = V, v; ``coupling`` = the raw G_k, rescaled by ρ / max(ρ, Σ_k ‖G_k‖₂)
+    once per forward; ``offset`` = the MLP c; its last layer starts at zero)."""
+
+    def __init__(
+        self,
+        n_actions: int,
+        context_dim: int,
+        rho: float,
+        components: int | None,
+        hidden: int | None,
+        negative_slope: float,
+        solver: Solver | None,
+        backward: Backward | None,
+        warn: bool,
+    ) -> None:
+        super().__init__(n_actions, context_dim, solver, backward, warn)
+        m = context_dim if components is None else components
+        h = n_actions if hidden is None else hidden
+        if m < 1 or h < 1:
+            raise ValueError(f"{type(self).__name__}: components and hidden must be >= 1, got {m}, {h}")
+        self.rho = float(rho)
+        self.negative_slope = negative_slope
+        self.weights = nn.Linear(context_dim, m)  # V, v
+        self.coupling = nn.Parameter(torch.randn(m, n_actions, n_actions) / math.sqrt(n_actions))  # raw G_k
+        self.offset = nn.Sequential(
+            nn.Linear(context_dim, h), nn.LeakyReLU(negative_slope), nn.Linear(h, 2 * n_actions)
+        )  # c(d)
+        nn.init.zeros_(self.offset[-1].weight)
+        nn.init.zeros_(self.offset[-1].bias)
+
+    def coupling_matrices(self) -> Tensor:
+        """The rescaled G_k: (m, n, n) with Σ_k ‖G_k‖₂ ≤ ρ."""
+        norms = torch.linalg.matrix_norm(self.coupling, ord=2)  # (m,)
+        scale = self.rho / torch.clamp(norms.sum(), min=self.rho)
+        return self.coupling * scale
+
+    def injection(self, d: Tensor) -> tuple[Tensor, ...]:
+        w = torch.tanh(self.weights(d))  # (B, m) in [−1, 1]
+        G = torch.einsum("bm,mij->bij", w, self.coupling_matrices())  # (B, n, n), ‖G‖₂ ≤ ρ
+        return G, self.offset(d).view(-1, 2, self.n_actions)  # (B, n, n), (B, 2, n)
+
+    @staticmethod
+    def coupled(z: Tensor, G: Tensor) -> Tensor:
+        """K(d) z = (G z₂, −Gᵀ z₁) with K = [[0, G], [−Gᵀ, 0]]: (B, 2, n), (B, n, n) → (B, 2, n)."""
+        z1, z2 = z[:, 0], z[:, 1]
+        return torch.stack([(G @ z2.unsqueeze(-1)).squeeze(-1), -(z1.unsqueeze(-2) @ G).squeeze(-2)], dim=1)
+
+
+class ContractiveNashFPN(_BilinearGameFPN):
     """N-FPN with F_Θ(z; d) = μz + K(d)z + c(d), strongly monotone and Lipschitz by construction.
 
     K(d) = [[0, G(d)], [−G(d)ᵀ, 0]], G(d) = Σ_k w_k(d) G_k with w(d) = tanh(V d + v) and
@@ -213,7 +273,6 @@ class ContractiveNashFPN(_GameFPN):
         backward: Backward | None = None,
         warn: bool = True,
     ) -> None:
-        super().__init__(n_actions, context_dim, solver, backward, warn)
         if not (mu > 0 and rho > 0):
             raise ValueError(f"ContractiveNashFPN: mu and rho must be > 0, got mu={mu!r}, rho={rho!r}")
         lip2 = mu**2 + rho**2
@@ -223,46 +282,87 @@ class ContractiveNashFPN(_GameFPN):
                 f"ContractiveNashFPN: alpha must lie in (0, 2μ/(μ²+ρ²)) = (0, {2 * mu / lip2:.4g}) for a "
                 f"contraction, got {alpha!r}"
             )
-        self.mu, self.rho, self.alpha = float(mu), float(rho), float(alpha)
-        m = context_dim if components is None else components
-        h = n_actions if hidden is None else hidden
-        if m < 1 or h < 1:
-            raise ValueError(f"ContractiveNashFPN: components and hidden must be >= 1, got {m}, {h}")
-        self.negative_slope = negative_slope
-        self.weights = nn.Linear(context_dim, m)  # V, v
-        self.coupling = nn.Parameter(torch.randn(m, n_actions, n_actions) / math.sqrt(n_actions))  # raw G_k
-        self.offset = nn.Sequential(
-            nn.Linear(context_dim, h), nn.LeakyReLU(negative_slope), nn.Linear(h, 2 * n_actions)
-        )  # c(d)
-        # c ≡ 0 at the start: the first fixed points are interior (a vertex output has a zero
-        # projection Jacobian, hence a zero gradient, for JFB and the exact gradient alike)
-        nn.init.zeros_(self.offset[-1].weight)
-        nn.init.zeros_(self.offset[-1].bias)
+        # c ≡ 0 at the start (the base class): the first fixed points are interior (a vertex output
+        # has a zero projection Jacobian, hence a zero gradient, for JFB and the exact gradient alike)
+        super().__init__(
+            n_actions, context_dim, rho, components, hidden, negative_slope, solver, backward, warn
+        )
+        self.mu, self.alpha = float(mu), float(alpha)
 
     @property
     def contraction_bound(self) -> float:
         """γ = √(1 − 2αμ + α²(μ² + ρ²)) < 1, a Lipschitz bound of T(·; d) for every d."""
         return contraction_factor(self.alpha, self.mu, math.sqrt(self.mu**2 + self.rho**2))
 
-    def coupling_matrices(self) -> Tensor:
-        """The rescaled G_k: (m, n, n) with Σ_k ‖G_k‖₂ ≤ ρ."""
-        norms = torch.linalg.matrix_norm(self.coupling, ord=2)  # (m,)
-        scale = self.rho / torch.clamp(norms.sum(), min=self.rho)
-        return self.coupling * scale
-
-    def injection(self, d: Tensor) -> tuple[Tensor, ...]:
-        w = torch.tanh(self.weights(d))  # (B, m) in [−1, 1]
-        G = torch.einsum("bm,mij->bij", w, self.coupling_matrices())  # (B, n, n), ‖G‖₂ ≤ ρ
-        return G, self.offset(d).view(-1, 2, self.n_actions)  # (B, n, n), (B, 2, n)
-
     def game_map(self, z: Tensor, G: Tensor, c: Tensor) -> Tensor:
         """F_Θ(z; d) = μz + K(d)z + c(d) with K(d)z = (G z₂, −Gᵀ z₁): (B, 2, n) → (B, 2, n)."""
-        z1, z2 = z[:, 0], z[:, 1]
-        Kz = torch.stack([(G @ z2.unsqueeze(-1)).squeeze(-1), -(z1.unsqueeze(-2) @ G).squeeze(-2)], dim=1)
-        return self.mu * z + Kz + c
+        return self.mu * z + self.coupled(z, G) + c
 
     def operator(self, z: Tensor, *inj: Tensor) -> Tensor:
         return project_simplex(z - self.alpha * self.game_map(z, *inj))
+
+
+class LogitNashFPN(_BilinearGameFPN):
+    """N-FPN whose operator is the logit (softmax) best response of a learned entropy-regularised
+    zero-sum game; a contraction by construction, with every output strictly inside Δ × Δ.
+
+        T(z; d) = [softmax(−(G(d) z₂ + c₁(d))); softmax(G(d)ᵀ z₁ − c₂(d))],
+
+    with G(d), c(d) as in :class:`ContractiveNashFPN` (‖G(d)‖₂ ≤ ρ). This is the entropic mirror
+    step z ↦ softmax(log z − F_Θ(z; d)) (step 1; the KL projection onto each simplex in place of the
+    Euclidean one) for the game gradient F_Θ(z; d) = K(d) z + c(d) + log z + 1, so the fixed point
+    z* is the quantal response equilibrium of the learned game, the unique zero of F_Θ on
+    Δ × Δ up to a constant per player. The softmax Jacobian diag(p) − ppᵀ has spectral norm ≤ 1/2
+    and ‖K(d)‖₂ = ‖G(d)‖₂ ≤ ρ, so T(·; d) is a γ-contraction with γ = ρ/2 < 1 for ρ < 2
+    (:attr:`contraction_bound`), for every parameter value and context.
+
+    Why: the projected step of :class:`ContractiveNashFPN` puts outputs exactly on the boundary of
+    the simplex, where its Jacobian, hence every gradient through that entry, is zero; a stalled
+    run can keep such dead entries for good (docs/games.md). A softmax has no zero entries and no
+    dead gradients, and its fixed point has the form of the targets (a QRE).
+
+    Args:
+        n_actions: n.
+        context_dim: k.
+        rho: ρ ∈ (0, 2), the bound on ‖G(d)‖₂ (1: γ = 1/2).
+        components: m, the number of matrices G_k (default k).
+        hidden: width of the MLP c(d) (default n).
+        negative_slope: σ's slope.
+        solver, backward, warn: as in :class:`NashFPN`.
+    """
+
+    def __init__(
+        self,
+        n_actions: int,
+        context_dim: int = 3,
+        *,
+        rho: float = 1.0,
+        components: int | None = None,
+        hidden: int | None = None,
+        negative_slope: float = 0.1,
+        solver: Solver | None = None,
+        backward: Backward | None = None,
+        warn: bool = True,
+    ) -> None:
+        if not 0 < rho < 2:
+            raise ValueError(
+                f"LogitNashFPN: rho must lie in (0, 2) for a contraction (γ = rho/2), got {rho!r}"
+            )
+        super().__init__(
+            n_actions, context_dim, rho, components, hidden, negative_slope, solver, backward, warn
+        )
+
+    @property
+    def contraction_bound(self) -> float:
+        """γ = ρ/2 < 1, a Lipschitz bound of T(·; d) for every d."""
+        return self.rho / 2
+
+    def logits(self, z: Tensor, G: Tensor, c: Tensor) -> Tensor:
+        """−(K(d) z + c(d)) = [−(G z₂ + c₁); Gᵀ z₁ − c₂]: (B, 2, n) → (B, 2, n)."""
+        return -(self.coupled(z, G) + c)
+
+    def operator(self, z: Tensor, *inj: Tensor) -> Tensor:
+        return torch.softmax(self.logits(z, *inj), dim=-1)
 
 
 def payoff_net_hidden_for(parameters: int, n_actions: int, context_dim: int = 3) -> int:
@@ -462,12 +562,14 @@ class PayoffNashFPN(_PayoffModel):
 def build_game_model(name: str, n_actions: int, context_dim: int = 3, **options: object) -> nn.Module:
     """One of :data:`MODELS` with keyword options passed to its constructor.
 
-    "nfpn" → :class:`NashFPN`, "contractive" → :class:`ContractiveNashFPN`, "payoff" →
+    "nfpn" → :class:`NashFPN`, "contractive" → :class:`ContractiveNashFPN`, "logit" →
+    :class:`LogitNashFPN`, "payoff" →
     :class:`PayoffNashFPN`, "payoffnet" → :class:`PayoffNet`. Unknown names or options raise ``ValueError`` listing the valid ones.
     """
     classes: dict[str, type[nn.Module]] = {
         "nfpn": NashFPN,
         "contractive": ContractiveNashFPN,
+        "logit": LogitNashFPN,
         "payoff": PayoffNashFPN,
         "payoffnet": PayoffNet,
     }

@@ -60,6 +60,7 @@ FPN_SOLVER_DEFAULTS: dict[str, Any] = {"tol": 1e-5, "max_iter": 100, "norm": "l2
 VARIANT_KEYS: dict[str, tuple[str, ...]] = {
     "nfpn": ("alpha", "negative_slope"),
     "contractive": ("alpha", "negative_slope", "mu", "rho", "components", "hidden"),
+    "logit": ("negative_slope", "rho", "components", "hidden"),
     "payoff": ("alpha", "negative_slope", "hidden", "qre_tol", "qre_max_iter"),
     "payoffnet": ("negative_slope", "hidden", "qre_tol", "qre_max_iter"),
 }
@@ -127,7 +128,8 @@ class GamesModel(ModelConfig):
 
     variant: str = "nfpn"
     """nfpn (the authors' N-FPN), contractive (the N-FPN with a strongly monotone, Lipschitz F_Θ: a
-    contraction by construction), payoff (the model-based N-FPN: F_Θ the game gradient of a learned
+    contraction by construction), logit (the logit best response of a learned game: a
+    (ρ/2)-contraction with no zero outputs), payoff (the model-based N-FPN: F_Θ the game gradient of a learned
     payoff, fixed point = its QRE, JFB) or payoffnet (Ling et al.'s baseline: an MLP payoff and an
     exact QRE layer); selects the ``[variants.<name>]`` table too."""
     alpha: float | None = None
@@ -137,11 +139,12 @@ class GamesModel(ModelConfig):
     mu: float | None = None
     """μ, the strong monotonicity of the contractive F_Θ (1)."""
     rho: float | None = None
-    """ρ, the bound on ‖G(d)‖₂ of the contractive F_Θ (1); γ = ρ/√(μ² + ρ²) at the default α."""
+    """ρ, the bound on ‖G(d)‖₂ of contractive and logit (1); γ = ρ/√(μ² + ρ²) at contractive's default
+    α, γ = ρ/2 for logit (which needs ρ < 2)."""
     components: int | None = None
-    """The number of coupling matrices G_k of the contractive model (k)."""
+    """The number of coupling matrices G_k of contractive and logit (k)."""
     hidden: int | None = None
-    """The hidden width: of c(d) for contractive (n), of the payoff MLP for payoff and payoffnet (k)."""
+    """The hidden width: of c(d) for contractive and logit (n), of the payoff MLP for payoff and payoffnet (k)."""
     qre_tol: float | None = None
     """The Newton QRE solver's tolerance of payoff and payoffnet (1e-10)."""
     qre_max_iter: int | None = None
@@ -159,6 +162,8 @@ class GamesModel(ModelConfig):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"model.{key} must be > 0, got {value}")
+        if self.variant == "logit" and self.rho is not None and not self.rho < 2:
+            raise ConfigError(f"model.rho must be < 2 for the logit variant (γ = ρ/2), got {self.rho}")
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`build_game_model` (the set keys, renamed where needed)."""
