@@ -325,10 +325,7 @@ class LogitNashFPN(_BilinearGameFPN):
         n_actions: n.
         context_dim: k.
         rho: ρ ∈ (0, 2), the bound on ‖G(d)‖₂ (1: γ = 1/2).
-        components: m, the number of matrices G_k (default k).
-        hidden: width of the MLP c(d) (default n).
-        negative_slope: σ's slope.
-        solver, backward, warn: as in :class:`NashFPN`.
+        components, hidden, negative_slope, solver, backward, warn: as in :class:`ContractiveNashFPN`.
     """
 
     def __init__(
