@@ -578,3 +578,12 @@ def test_benchmark_script_trains_a_peer_payoff_net_from_peer_dir(tmp_path: Path)
     (row,) = json.loads(out.read_text())["rows"]
     assert row["model"] == "payoffnet-authors" and row["parameters"] == 3 * 6 + 6
     assert 0 < row["test_mse"] < 1 and "test_iterations" not in row
+
+
+@pytest.mark.parametrize("name", ["nfpn", "contractive", "logit", "payoff", "payoffnet"])
+def test_every_model_names_non_finite_contexts(name: str) -> None:
+    model = build_game_model(name, 4)
+    d = torch.rand(13, 3)
+    d[2, 0], d[11, 2] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"the contexts hold NaN or Inf \(rows \[2, 11\]\); clean or drop"):
+        model(d)

@@ -71,6 +71,13 @@ MODELS = ("nfpn", "contractive", "logit", "payoff", "payoffnet")
 def _check_context(d: Tensor, k: int, what: str) -> None:
     if not isinstance(d, Tensor) or d.dim() != 2 or d.shape[-1] != k:
         raise ValueError(f"{what}: the context must be (B, {k}), got {tuple(getattr(d, 'shape', ()))}")
+    bad = ~torch.isfinite(d).all(dim=-1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"{what}: the contexts hold NaN or Inf (rows {rows[:10]}{' …' if len(rows) > 10 else ''}); "
+            "clean or drop those samples"
+        )
 
 
 def _uniform(d: Tensor, n: int) -> Tensor:
@@ -529,9 +536,7 @@ class PayoffNashFPN(_PayoffModel):
 
     def forward(self, d: Tensor) -> Tensor:
         """x̂(d) = z* = QRE(B̂(d)): (B, k) → (B, 2, n)."""
-        if not torch.isfinite(d).all():
-            raise ValueError("PayoffNashFPN: the contexts hold NaN or Inf")
-        B = self.payoff(d)  # (B, n, n)
+        B = self.payoff(d)  # (B, n, n); checks the shape and that d is finite
         keys = [row.tobytes() for row in d.detach().to("cpu", torch.float64).numpy()]
         starts = [self.warm.get(k) for k in keys]
         init = None
