@@ -186,7 +186,9 @@ def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
         opts = {key: getattr(args, key) for key in ("mu", "rho") if getattr(args, key) is not None}
         return ContractiveNashFPN(n, k, solver=solver, warn=False, **opts)
     if name == "logit":
-        return LogitNashFPN(n, k, solver=solver, warn=False)
+        return LogitNashFPN(
+            n, k, solver=solver, warn=False, **({} if args.rho is None else {"rho": args.rho})
+        )
     if args.payoff_hidden == "match":
         hidden = payoff_net_hidden_for(sum(p.numel() for p in NashFPN(n, k).parameters()), n, k)
     else:
@@ -289,7 +291,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--mu", type=float, default=None, help="μ of the contractive variant (default: the model's)"
     )
     p.add_argument(
-        "--rho", type=float, default=None, help="ρ of the contractive variant (default: the model's)"
+        "--rho",
+        type=float,
+        default=None,
+        help="ρ of the contractive and logit variants (default: the models'; logit: ρ -> 0 is a softmax regression)",
     )
     p.add_argument(
         "--payoff-hidden", default="match", help="Payoff-Net hidden width, or 'match' (parameter count)"
