@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--targets must be one of {', '.join(TARGETS)}, got {args.targets!r}")
     if "payoffnet-authors" in names:
         authors_payoff_net_class(args.peer_dir)  # fail before any training
+    if args.rho is not None and not (args.rho > 0 and ("logit" not in names or args.rho < 2)):
+        raise SystemExit(f"--rho must be > 0 (and < 2 with the logit model: γ = ρ/2), got {args.rho}")
     if args.payoff_hidden != "match" and not args.payoff_hidden.isdigit():
         raise SystemExit(f"--payoff-hidden must be a positive integer or 'match', got {args.payoff_hidden!r}")
     if args.threads:
