@@ -182,13 +182,10 @@ def build(name: str, n: int, k: int, args: argparse.Namespace) -> nn.Module:
     solver = fpnets.Picard(tol=args.fp_tol, max_iter=args.fp_max_iter)
     if name == "nfpn":
         return NashFPN(n, k, solver=solver, warn=False)
-    if name == "contractive":
-        opts = {key: getattr(args, key) for key in ("mu", "rho") if getattr(args, key) is not None}
-        return ContractiveNashFPN(n, k, solver=solver, warn=False, **opts)
-    if name == "logit":
-        return LogitNashFPN(
-            n, k, solver=solver, warn=False, **({} if args.rho is None else {"rho": args.rho})
-        )
+    if name in ("contractive", "logit"):
+        cls, keys = (ContractiveNashFPN, ("mu", "rho")) if name == "contractive" else (LogitNashFPN, ("rho",))
+        opts = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+        return cls(n, k, solver=solver, warn=False, **opts)
     if args.payoff_hidden == "match":
         hidden = payoff_net_hidden_for(sum(p.numel() for p in NashFPN(n, k).parameters()), n, k)
     else:
@@ -310,12 +307,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = choose(args.models, MODEL_NAMES, "model")
     if args.targets not in TARGETS:
         raise SystemExit(f"--targets must be one of {', '.join(TARGETS)}, got {args.targets!r}")
-    if "payoffnet-authors" in names:
-        authors_payoff_net_class(args.peer_dir)  # fail before any training
-    if args.rho is not None and not (args.rho > 0 and ("logit" not in names or args.rho < 2)):
-        raise SystemExit(f"--rho must be > 0 (and < 2 with the logit model: γ = ρ/2), got {args.rho}")
     if args.payoff_hidden != "match" and not args.payoff_hidden.isdigit():
         raise SystemExit(f"--payoff-hidden must be a positive integer or 'match', got {args.payoff_hidden!r}")
+    for name in names:  # fail before any training: a missing --peer-dir, an option a model refuses
+        try:
+            build(name, sizes[0], args.context_dim, args)
+        except ValueError as exc:
+            raise SystemExit(f"--models {name}: {exc}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []

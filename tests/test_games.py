@@ -544,8 +544,11 @@ def test_benchmark_script_paper_targets_and_peer_errors(tmp_path: Path) -> None:
         (["--models", "payoffnet-authors"], "needs --peer-dir"),
         (["--models", "payoffnet-authors", "--peer-dir", str(tmp_path)], "no matrix-games/Networks.py"),
         (["--targets", "bogus"], "--targets must be one of qre, paper-pgd"),
-        (["--models", "logit", "--rho", "2.5"], "--rho must be > 0 (and < 2 with the logit model"),
-        (["--models", "contractive", "--rho", "0"], "--rho must be > 0"),
+        (["--models", "logit", "--rho", "2.5"], "--models logit: LogitNashFPN: rho must lie in (0, 2)"),
+        (
+            ["--models", "contractive", "--rho", "0"],
+            "--models contractive: ContractiveNashFPN: mu and rho must be > 0",
+        ),
         (
             ["--models", "payoffnet-authors", "--peer-dir", str(broken)],
             "importing matrix-games/Networks.py failed",
