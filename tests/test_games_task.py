@@ -111,7 +111,9 @@ def test_batches_carry_the_true_payoff_and_exact_targets(tiny_splits) -> None:
 
 
 def test_solver_and_backward_come_from_the_config() -> None:
-    cfg = load_config("games", ["solver.max_iter=7", "solver.tol=1e-3", "backward.name=ift"])
+    cfg = load_config(
+        "games", ["model.variant=nfpn", "solver.max_iter=7", "solver.tol=1e-3", "backward.name=ift"]
+    )
     model = cfg.make_task().build_model()
     assert isinstance(model, NashFPN) and model.warn is False
     assert isinstance(model.solver, fpnets.Picard) and (model.solver.max_iter, model.solver.tol) == (7, 1e-3)
@@ -128,7 +130,8 @@ def test_solver_and_backward_come_from_the_config() -> None:
     assert fpn.solver.tol == 1e-6 and isinstance(fpn.backward_mode, fpnets.IFT) and fpn.warn is False
     assert sum(p.numel() for p in fpn.parameters()) == 486  # Payoff-Net's network
     # parameters: the N-FPN (k + 1)·2n + (2n + 1)·2n = 500 at n = 10, k = 3; Payoff-Net 486
-    assert sum(p.numel() for p in load_config("games").make_task().build_model().parameters()) == 500
+    nfpn = load_config("games", ["model.variant=nfpn"]).make_task().build_model()
+    assert sum(p.numel() for p in nfpn.parameters()) == 500
     assert sum(p.numel() for p in payoff.parameters()) == 486
 
 
@@ -148,7 +151,7 @@ def test_bad_config_values_name_the_valid_ones() -> None:
     ):
         config_from_dict({"task": {"name": "games"}, "model": {"width": 3}})
     with pytest.raises(ConfigError, match=r"model.mu applies to the contractive variant\(s\), not 'nfpn'"):
-        load_config("games", ["model.mu=2.0"])
+        load_config("games", ["model.variant=nfpn", "model.mu=2.0"])
     with pytest.raises(
         ConfigError, match=r"model.qre_tol applies to the payoff, payoffnet variant\(s\), not 'contractive'"
     ):
@@ -204,13 +207,21 @@ def test_tiny_run_learns_selects_on_val_mse_and_reevaluates(tiny_splits, tmp_pat
     assert again["n"] == 24 and again["epoch"] == result.best_epoch
 
 
-def test_default_nfpn_through_the_command_line_honours_the_solver(
-    tiny_splits, tmp_path: Path, capsys
+def test_bundled_default_is_the_contractive_nfpn() -> None:
+    config = load_config("games")
+    assert config.model.variant == "contractive" and config.run_name == "games-n10-contractive"
+    model = config.make_task().build_model()
+    assert isinstance(model, ContractiveNashFPN) and model.contraction_bound == pytest.approx(2**-0.5)
+
+
+@pytest.mark.parametrize("variant", ["contractive", "nfpn"])
+def test_nfpn_through_the_command_line_honours_the_solver(
+    tiny_splits, tmp_path: Path, capsys, variant: str
 ) -> None:
     data_dir, _ = tiny_splits
-    run = tmp_path / "nfpn"
+    run = tmp_path / variant
     args = ["train", "games", "--run-dir", str(run), "--data-dir", str(data_dir), "--quiet"]
-    for item in [*TINY, "train.epochs=1", "solver.max_iter=3", "run.plots=false"]:
+    for item in [*TINY, f"model.variant={variant}", "train.epochs=1", "solver.max_iter=3", "run.plots=false"]:
         args += ["--set", item]
     assert main(args) == 0
     assert "test mse" in capsys.readouterr().out
