@@ -278,6 +278,52 @@ def test_averaged_wide_forward_shapes_gradient_and_projection() -> None:
     np.testing.assert_allclose(x.detach().numpy() @ net.incidence.T, np.tile(b, (3, 1)), atol=1e-4)
 
 
+def test_warm_starts_reuse_training_fixed_points_and_leave_evaluation_alone() -> None:
+    net = small_network()
+    torch.manual_seed(0)
+    model = TrafficNFPN(
+        net, 50.0, variant="averaged", hidden=16, alpha=0.5, mu=1.0, bound=0.3, max_iter=3000, tol=1e-8,
+        warm_starts=3,
+    ).double()  # fmt: skip
+    d = 10 * torch.rand(4, 10, dtype=torch.float64)
+    model.eval()
+    cold = model(d).detach()
+    cold_iters = model.solution.iterations.clone()
+    assert len(model.warm_latents) == 0  # evaluation neither reads nor writes the store
+    assert int(cold_iters.min()) > 5
+    model.train()
+    first = model(d).detach()
+    torch.testing.assert_close(first, cold)  # nothing stored yet: the same cold solve
+    assert torch.equal(model.solution.iterations, cold_iters)
+    assert len(model.warm_latents) == 3  # capacity 3: the least recently used context was dropped
+    again = model(d)
+    iters = model.solution.iterations
+    # the three stored contexts start at their fixed point (one evaluation meets the tolerance); the
+    # dropped one starts cold again
+    assert iters[1:].tolist() == [1, 1, 1] and int(iters[0]) == int(cold_iters[0])
+    torch.testing.assert_close(again.detach(), cold, atol=1e-6, rtol=0)
+    # after a parameter change the warm solve meets the tolerance in fewer iterations, at the same
+    # fixed point as a cold solve
+    with torch.no_grad():
+        for p in model.game.parameters():
+            p.mul_(1.01)
+    warm = model(d[1:]).detach()
+    warm_iters = model.solution.iterations
+    model.eval()
+    fresh = model(d[1:]).detach()
+    assert bool((warm_iters < model.solution.iterations).all())
+    torch.testing.assert_close(warm, fresh, atol=1e-5, rtol=0)
+    # the gradient flows as without warm starts (JFB at the fixed point)
+    model.train()
+    loss = traffic_loss(model(d[1:]), torch.full_like(cold[1:], 30.0), 50.0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.game.parameters() if p.requires_grad)
+    # off by default for the Davis–Yin variants; bpr keeps its own store of path flows
+    assert TrafficNFPN(net, 50.0, hidden=8).warm_latents.capacity == 0
+    with pytest.raises(ValueError, match=r"capacity must be an integer >= 0"):
+        TrafficNFPN(net, 50.0, hidden=8, warm_starts=-1)
+
+
 def test_nfpn_input_errors() -> None:
     net = small_network()
     model = TrafficNFPN(net, 50.0, hidden=8)

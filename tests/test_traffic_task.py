@@ -170,6 +170,10 @@ def test_solver_and_backward_come_from_the_config(root: Path) -> None:
     bare_task.load_splits(root)
     solver = bare_task.build_model().solver
     assert (solver.tol, solver.max_iter) == (1e-4, 50)  # the paper's tolerance and depth
+    assert bare_task.build_model().warm_latents.capacity == 0  # warm starts: off unless asked for
+    warm = tiny(root, "model.warm_starts=24").make_task()
+    warm.load_splits(root)
+    assert warm.build_model().warm_latents.capacity == 24
     explicit = tiny(root, 'model.variant="explicit"', "model.num_params=500").make_task()
     explicit.load_splits(root)
     net = explicit.build_model()
@@ -330,6 +334,11 @@ def test_mean_capacity_baseline_is_evaluated_not_trained(root: Path, tmp_path: P
         (
             ['model.variant="nfpn"', "model.standardize=true"],
             "model.standardize applies to the averaged, averaged-wide, averaged-diag, explicit variant",
+        ),
+        (["model.warm_starts=-1"], r"model.warm_starts must be >= 0 \(0: off\)"),
+        (
+            ['model.variant="explicit"', "model.warm_starts=10"],
+            "model.warm_starts applies to the nfpn, averaged, averaged-wide, averaged-diag, bpr variant",
         ),
         (['task.wardrop_gap="sometimes"'], "wardrop_gap"),
         (['train.select="val.acc"'], "train.select must be one of val.loss, val.rel_error"),

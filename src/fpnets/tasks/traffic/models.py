@@ -239,7 +239,12 @@ class TrafficNFPN(nn.Module):
         gap, rounds: bpr: the target relative Wardrop gap and the most column-generation rounds of
             its forward equilibrium solve.
         warm_starts: bpr: how many contexts' last path flows are kept to start the next solve of the
-            same context (the least recently used are dropped; 0 = always start all-or-nothing).
+            same context (the least recently used are dropped; 0 = always start all-or-nothing;
+            unset: 100,000). The Davis–Yin variants: how many training contexts' last latents z are
+            kept to start the next training solve of the same context (unset: 0, every solve starts
+            at z₀). Only solves in training mode read or write the store, so evaluation stays a
+            function of the parameters and the input alone (``fpnets eval`` reproduces it); the
+            store is not checkpointed (a resumed run starts its first epoch from z₀).
         context_stats: (mean, std), each (m,): contexts enter F_Θ as (d − mean) / std (the training
             split's statistics) instead of d / context_scale.
         flow_stats: averaged variants: (mean, std), each (E,), of the training link flows in vehicles;
@@ -271,7 +276,7 @@ class TrafficNFPN(nn.Module):
         cap_range: float = 0.5,
         gap: float = 1e-7,
         rounds: int = 200,
-        warm_starts: int = 100_000,
+        warm_starts: int | None = None,
         context_stats: tuple[Any, Any] | None = None,
         flow_stats: tuple[Any, Any] | None = None,
     ) -> None:
@@ -301,8 +306,12 @@ class TrafficNFPN(nn.Module):
         self.gap = float(gap)
         self.rounds = int(rounds)
         self.paths = None  # the bpr variant's shared path set (grows over calls: a warm start)
+        if warm_starts is None:
+            warm_starts = 100_000 if variant == "bpr" else 0
         # bpr: the last path flows of each context seen (the most recent ``warm_starts`` contexts)
         self._warm: WarmStarts[np.ndarray] = WarmStarts(warm_starts)
+        # Davis–Yin variants: the last latent z (K, E) of each training context (detached)
+        self.warm_latents: WarmStarts[Tensor] = WarmStarts(0 if variant == "bpr" else warm_starts)
         self._h0: np.ndarray | None = None  # bpr: all-or-nothing path flows on the free-flow paths
         self.equilibrium_gap: np.ndarray | None = None  # bpr: the relative gaps of the last solve (B,)
         self.equilibrium_rounds: np.ndarray | None = None  # bpr: its column-generation rounds (B,)
@@ -516,10 +525,21 @@ class TrafficNFPN(nn.Module):
             self.solution = sol.detached()
             return self.readout(sol.value)
         z0 = self.initial_latent(d.shape[0], cd.dtype, cd.device)
+        warm = self.training and self.warm_latents.capacity > 0
+        if warm:
+            keys = [row.tobytes() for row in d.detach().to("cpu", torch.float64).numpy()]
+            for i, key in enumerate(keys):
+                start = self.warm_latents.get(key)
+                if start is not None and start.shape == z0.shape[1:]:
+                    z0[i] = start.to(dtype=z0.dtype, device=z0.device)
         sol = fixed_point(
             self.operator, z0, cd, solver=self.solver, backward=self.backward_mode, warn=self.warn
         )
         self.solution = sol.detached()
+        if warm:
+            latents = self.solution.value
+            for i, key in enumerate(keys):
+                self.warm_latents.put(key, latents[i].clone())
         return self.readout(sol.value)
 
 

@@ -82,11 +82,11 @@ NFPN_SOLVER_DEFAULTS: dict[str, Any] = {"tol": 1e-4, "max_iter": 50, "norm": "l2
 ‖T(z) − z‖₂ (z the latent commodity flows in units of s) and at most 50 iterations."""
 
 VARIANT_KEYS: dict[str, tuple[str, ...]] = {
-    "nfpn": ("alpha", "commodity", "hidden", "initial"),
-    "averaged": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize"),
-    "averaged-wide": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize"),
-    "averaged-diag": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize"),
-    "bpr": ("alpha", "commodity", "hidden", "cap_range", "gap", "rounds"),
+    "nfpn": ("alpha", "commodity", "hidden", "initial", "warm_starts"),
+    "averaged": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize", "warm_starts"),
+    "averaged-wide": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize", "warm_starts"),
+    "averaged-diag": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize", "warm_starts"),
+    "bpr": ("alpha", "commodity", "hidden", "cap_range", "gap", "rounds", "warm_starts"),
     "explicit": ("hidden", "num_params", "standardize"),
     "mean-capacity": (),
 }
@@ -251,6 +251,10 @@ class TrafficModelConfig(ModelConfig):
     """bpr: the relative Wardrop gap its forward equilibrium solve reaches (1e-7)."""
     rounds: int | None = None
     """bpr: the most column-generation rounds of that solve (200)."""
+    warm_starts: int | None = None
+    """N-FPNs: how many training contexts' last fixed points start their next training solve
+    (Davis–Yin variants: the latent z, unset 0 = every solve starts at z₀; bpr: the path flows,
+    unset 100,000). Evaluation always starts at z₀, so ``fpnets eval`` reproduces it."""
     standardize: bool | None = None
     """explicit and averaged variants: standardise with the training split's statistics (unset:
     false). Contexts enter as (d − mean) / std per dimension (not d / 10); the explicit MLP predicts
@@ -270,6 +274,8 @@ class TrafficModelConfig(ModelConfig):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {value}")
+        if self.warm_starts is not None and self.warm_starts < 0:
+            raise ConfigError(f"model.warm_starts must be >= 0 (0: off), got {self.warm_starts}")
         if self.hidden is not None and self.hidden < (0 if self.variant == "bpr" else 1):
             raise ConfigError(
                 f"model.hidden must be >= 1 (>= 0 for bpr: 0 is a linear capacity map), got {self.hidden}"
