@@ -404,3 +404,41 @@ def test_traffic_predict_benchmark_times_the_run_and_the_solver(run, root: Path,
     gaps = {(s["gap"], s["contexts"]): s["relative_error"] for s in payload["solver"]}
     assert set(gaps) == {(1e-3, 8), (1e-3, 1), (1e-8, 8), (1e-8, 1)}
     assert gaps[(1e-8, 8)] < 1e-5  # the solver at the data's gap reproduces the targets
+
+
+def test_traffic_forward_benchmark_measures_convergence_against_a_reference(
+    run, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic_forward.py"
+    spec = importlib.util.spec_from_file_location("traffic_forward", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "forward.json"
+    args = ["--run", str(run.run_dir), "--data-dir", str(root), "--repeats", "1", "--threads", "1"]
+    args += ["--solvers", "config,picard-500,anderson5-500", "--ref-tol", "1e-7", "--out", str(out)]
+    assert module.main(args) == 0
+    payload = json.loads(out.read_text())["result"]
+    assert payload["contexts"] == 8 and list(payload["solvers"]) == ["config", "picard-500", "anderson5-500"]
+    summary = json.loads((run.run_dir / "traffic_metrics.json").read_text())["test"]
+    # the run's own solver (30 iterations at most) is what the run measured: the same error
+    own = payload["solvers"]["config"]
+    assert own["rel_error_whole"] == pytest.approx(summary["relative_error_total"], rel=1e-4)
+    assert own["iterations_max"] == 30 and own["converged"] < 1.0
+    assert (
+        own["distance_to_reference_median"] > payload["solvers"]["picard-500"]["distance_to_reference_median"]
+    )
+    for name in ("picard-500", "anderson5-500"):  # the tolerance met: within it of the reference
+        row = payload["solvers"][name]
+        assert row["converged"] == 1.0 and row["distance_to_reference_max"] < 1e-3
+        assert row["iterations_max"] <= payload["reference"]["iterations_max"]
+    # a reference that cannot converge is refused, with the fix
+    with pytest.raises(SystemExit, match=r"raise --ref-iter or --ref-tol"):
+        module.main(
+            ["--run", str(run.run_dir), "--data-dir", str(root), "--ref-tol", "1e-12", "--ref-iter", "2"]
+        )
+    with pytest.raises(SystemExit, match=r"--solvers: unknown or none \['newton'\]"):
+        module.main(["--run", str(run.run_dir), "--data-dir", str(root), "--solvers", "newton"])
+    capsys.readouterr()
