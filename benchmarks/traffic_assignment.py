@@ -5,7 +5,10 @@ For each network: relative gap reached, relative error ‖v − v_best‖ / ‖v
 With --contexts N it also times N contextual equilibria (the data-set workload) per network.
 
     python benchmarks/traffic_assignment.py --data-dir ../shared/data/transportation-networks \
-        --out benchmarks/results/traffic_assignment.json
+        --networks SiouxFalls --contexts 100 --out benchmarks/results/traffic_assignment_siouxfalls.json
+    python benchmarks/traffic_assignment.py --data-dir ../shared/data/transportation-networks \
+        --networks Anaheim --contexts 10 --context-gap 1e-6 --context-rounds 100 \
+        --out benchmarks/results/traffic_assignment_anaheim.json
 """
 
 from __future__ import annotations
