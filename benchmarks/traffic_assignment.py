@@ -23,13 +23,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fpnets.tasks.traffic import ContextModel, Network, solve_equilibrium
+from fpnets.tasks.traffic import ContextModel, Network, PathSet, solve_equilibrium
 
 from common import environment
 
 
 def run_network(
-    directory: Path, gaps: list[float], contexts: int, context_gap: float, context_rounds: int, sweeps: int
+    directory: Path,
+    gaps: list[float],
+    contexts: int,
+    context_gap: float,
+    context_rounds: int,
+    sweeps: int,
+    ladder: list[float] | None = None,
+    ladder_contexts: int = 2,
 ) -> dict:
     net = Network.from_tntp(directory)
     best = net.best_known_flow(directory)
@@ -84,7 +91,45 @@ def run_network(
             "paths": len(res.paths),
         }
         print(json.dumps(out["contextual"]), flush=True)
+    if ladder:
+        out["ladder"] = gap_ladder(net, ladder, ladder_contexts, context_rounds, sweeps)
     return out
+
+
+def gap_ladder(net: Network, gaps: list[float], contexts: int, rounds: int, sweeps: int) -> dict:
+    """How accurate the link flows are at each relative gap, for contextual costs: the contexts are
+    solved to each gap of ``gaps`` in turn (each solve warm-started from the last, on one path set),
+    and the flows of every stage are compared with those of the last (tightest) stage."""
+    cap_range = 0.8 if net.name.lower().startswith("anaheim") else 0.3
+    model = ContextModel.random(net, seed=0, cap_range=cap_range)
+    costs = model.costs(net, model.sample(contexts, seed=1))
+    paths, h, stages = PathSet(net), None, []
+    start = time.perf_counter()
+    for g in gaps:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a missed gap is reported below
+            res = solve_equilibrium(
+                net, costs, gap=g, max_iter=rounds, sweeps=sweeps, paths=paths, init_path_flow=h
+            )
+        h = res.path_flow
+        stages.append(
+            {
+                "target_gap": g,
+                "gap": res.gap.tolist(),
+                "converged": int(res.converged.sum()),
+                "rounds": res.iterations.tolist(),
+                "seconds_cumulative": time.perf_counter() - start,
+                "link_flow": res.link_flow,
+            }
+        )
+        print(json.dumps({k: v for k, v in stages[-1].items() if k != "link_flow"}), flush=True)
+    last = stages[-1]["link_flow"]
+    for stage in stages:
+        v = stage.pop("link_flow")
+        stage["flow_error_vs_last"] = (
+            np.linalg.norm(v - last, axis=1) / np.linalg.norm(last, axis=1)
+        ).tolist()
+    return {"contexts": contexts, "cap_range": cap_range, "stages": stages, "paths": len(paths)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,13 +144,30 @@ def main(argv: list[str] | None = None) -> int:
         "--context-rounds", type=int, default=300, help="column-generation rounds per context at most"
     )
     p.add_argument("--sweeps", type=int, default=4, help="Gauss-Seidel sweeps per round")
+    p.add_argument(
+        "--ladder",
+        default="",
+        help="contextual flow accuracy per gap: comma-separated gaps, loosest first; the flows at each are "
+        "compared with those at the last (e.g. 1e-5,1e-6,1e-7,1e-8,1e-9)",
+    )
+    p.add_argument("--ladder-contexts", type=int, default=2, help="contexts of the --ladder measurement")
     args = p.parse_args(argv)
     gaps = [float(g) for g in args.gaps.split(",") if g]
+    ladder = [float(g) for g in args.ladder.split(",") if g]
+    if ladder and sorted(ladder, reverse=True) != ladder:
+        raise SystemExit(f"--ladder: gaps must go from loosest to tightest, got {args.ladder}")
     results = {"environment": environment(), "networks": []}
     for name in [n for n in args.networks.split(",") if n]:
         results["networks"].append(
             run_network(
-                args.data_dir / name, gaps, args.contexts, args.context_gap, args.context_rounds, args.sweeps
+                args.data_dir / name,
+                gaps,
+                args.contexts,
+                args.context_gap,
+                args.context_rounds,
+                args.sweeps,
+                ladder,
+                args.ladder_contexts,
             )
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

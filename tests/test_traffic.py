@@ -360,6 +360,18 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
     result = json.loads(out.read_text())["networks"][0]
     assert result["standard_costs"][0]["gap"] <= 1e-9
     assert result["contextual"]["max_gap"] <= 1e-8 and result["contextual"]["contexts"] == 3
+    # the gap ladder: flows at each gap against the tightest; the error shrinks with the gap
+    out2 = tmp_path / "ladder.json"
+    ladder = ["--data-dir", str(tmp_path), "--out", str(out2), "--networks", "Toy", "--gaps", ""]
+    assert module.main([*ladder, "--ladder", "1e-3,1e-6,1e-11", "--ladder-contexts", "2"]) == 0
+    stages = json.loads(out2.read_text())["networks"][0]["ladder"]["stages"]
+    assert [s["target_gap"] for s in stages] == [1e-3, 1e-6, 1e-11]
+    assert all(s["converged"] == 2 and max(s["gap"]) <= s["target_gap"] for s in stages)
+    assert stages[-1]["flow_error_vs_last"] == [0.0, 0.0]
+    first, second = (max(s["flow_error_vs_last"]) for s in stages[:2])
+    assert 0 < second < first
+    with pytest.raises(SystemExit, match=r"--ladder: gaps must go from loosest to tightest"):
+        module.main([*ladder, "--ladder", "1e-8,1e-6"])
 
 
 def test_generation_in_several_processes_gives_the_same_certified_data(tmp_path: Path) -> None:
