@@ -37,6 +37,7 @@ def run_network(
     sweeps: int,
     ladder: list[float] | None = None,
     ladder_contexts: int = 2,
+    newton: int = 0,
 ) -> dict:
     net = Network.from_tntp(directory)
     best = net.best_known_flow(directory)
@@ -49,7 +50,7 @@ def run_network(
     rows = []
     for g in gaps:
         start, cpu = time.perf_counter(), time.process_time()
-        res = solve_equilibrium(net, gap=g, max_iter=2000, sweeps=sweeps, throw=True)
+        res = solve_equilibrium(net, gap=g, max_iter=2000, sweeps=sweeps, newton=newton, throw=True)
         row = {
             "target_gap": g,
             "gap": float(res.gap[0]),
@@ -74,7 +75,12 @@ def run_network(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # non-converged contexts are reported below
             res = solve_equilibrium(
-                net, model.costs(net, d), gap=context_gap, max_iter=context_rounds, sweeps=sweeps
+                net,
+                model.costs(net, d),
+                gap=context_gap,
+                max_iter=context_rounds,
+                sweeps=sweeps,
+                newton=newton,
             )
         sec, cpu = time.perf_counter() - start, time.process_time() - cpu
         out["contextual"] = {
@@ -92,11 +98,13 @@ def run_network(
         }
         print(json.dumps(out["contextual"]), flush=True)
     if ladder:
-        out["ladder"] = gap_ladder(net, ladder, ladder_contexts, context_rounds, sweeps)
+        out["ladder"] = gap_ladder(net, ladder, ladder_contexts, context_rounds, sweeps, newton)
     return out
 
 
-def gap_ladder(net: Network, gaps: list[float], contexts: int, rounds: int, sweeps: int) -> dict:
+def gap_ladder(
+    net: Network, gaps: list[float], contexts: int, rounds: int, sweeps: int, newton: int = 0
+) -> dict:
     """How accurate the link flows are at each relative gap, for contextual costs: the contexts are
     solved to each gap of ``gaps`` in turn (each solve warm-started from the last, on one path set),
     and the flows of every stage are compared with those of the last (tightest) stage."""
@@ -109,7 +117,14 @@ def gap_ladder(net: Network, gaps: list[float], contexts: int, rounds: int, swee
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a missed gap is reported below
             res = solve_equilibrium(
-                net, costs, gap=g, max_iter=rounds, sweeps=sweeps, paths=paths, init_path_flow=h
+                net,
+                costs,
+                gap=g,
+                max_iter=rounds,
+                sweeps=sweeps,
+                newton=newton,
+                paths=paths,
+                init_path_flow=h,
             )
         h = res.path_flow
         stages.append(
@@ -145,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sweeps", type=int, default=4, help="Gauss-Seidel sweeps per round")
     p.add_argument(
+        "--newton", type=int, default=0, help="projected Newton steps over all used paths per round"
+    )
+    p.add_argument(
         "--ladder",
         default="",
         help="contextual flow accuracy per gap: comma-separated gaps, loosest first; the flows at each are "
@@ -156,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ladder = [float(g) for g in args.ladder.split(",") if g]
     if ladder and sorted(ladder, reverse=True) != ladder:
         raise SystemExit(f"--ladder: gaps must go from loosest to tightest, got {args.ladder}")
-    results = {"environment": environment(), "networks": []}
+    results = {
+        "environment": environment(),
+        "solver": {"sweeps": args.sweeps, "newton": args.newton},
+        "networks": [],
+    }
     for name in [n for n in args.networks.split(",") if n]:
         results["networks"].append(
             run_network(
@@ -168,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.sweeps,
                 ladder,
                 args.ladder_contexts,
+                args.newton,
             )
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

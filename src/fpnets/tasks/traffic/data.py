@@ -128,7 +128,14 @@ def draw_contexts(
 
 
 def generate(
-    network: Network, params: DataParams, *, chunk: int = 500, max_iter: int = 500, workers: int = 1
+    network: Network,
+    params: DataParams,
+    *,
+    chunk: int = 500,
+    max_iter: int = 500,
+    workers: int = 1,
+    sweeps: int = 4,
+    newton: int = 0,
 ) -> tuple[ContextModel, np.ndarray, np.ndarray, np.ndarray]:
     """(context model, contexts (N, m), flows (N, E), gaps (N,)) for N = n_train + n_val + n_test.
 
@@ -136,8 +143,10 @@ def generate(
     (column generation). With ``workers`` > 1 the contexts are cut into that many contiguous spans,
     solved in as many processes, each with its own path set; the contexts are the same and every
     equilibrium meets the same gap, so the flows agree with a one-process run to the accuracy the
-    gap certifies (not bit for bit). ``workers = 0`` uses every core. Raises RuntimeError if an
-    equilibrium misses the target gap.
+    gap certifies (not bit for bit). ``workers = 0`` uses every core. ``sweeps`` and ``newton`` are
+    :func:`~.assignment.solve_equilibrium`'s (Gauss–Seidel sweeps and projected Newton steps per
+    round); like ``workers`` they change how fast the certificate is met, not what it certifies.
+    Raises RuntimeError if an equilibrium misses the target gap.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"generate: workers must be an integer >= 0 (0: every core), got {workers!r}")
@@ -145,7 +154,7 @@ def generate(
     n = d.shape[0]
     workers = min(workers or (os.cpu_count() or 1), max(n, 1))
     if workers <= 1:
-        flows, gaps = _solve_span(network, model, d, params.gap, chunk, max_iter)
+        flows, gaps = _solve_span(network, model, d, params.gap, chunk, max_iter, sweeps, newton)
         return model, d, flows, gaps
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -156,7 +165,7 @@ def generate(
     bounds = np.linspace(0, n, workers + 1).round().astype(int)
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         futures = [
-            pool.submit(_solve_span, network, model, d[lo:hi], params.gap, chunk, max_iter)
+            pool.submit(_solve_span, network, model, d[lo:hi], params.gap, chunk, max_iter, sweeps, newton)
             for lo, hi in itertools.pairwise(bounds.tolist())
         ]
         parts = [f.result() for f in futures]
@@ -164,7 +173,14 @@ def generate(
 
 
 def _solve_span(
-    network: Network, model: ContextModel, d: np.ndarray, gap: float, chunk: int, max_iter: int
+    network: Network,
+    model: ContextModel,
+    d: np.ndarray,
+    gap: float,
+    chunk: int,
+    max_iter: int,
+    sweeps: int = 4,
+    newton: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flows (N, E), gaps (N,)) of the contexts d (N, m), ``chunk`` at a time on one path set."""
     n = d.shape[0]
@@ -174,7 +190,14 @@ def _solve_span(
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         res = solve_equilibrium(
-            network, model.costs(network, d[lo:hi]), gap=gap, max_iter=max_iter, paths=paths, throw=True
+            network,
+            model.costs(network, d[lo:hi]),
+            gap=gap,
+            max_iter=max_iter,
+            sweeps=sweeps,
+            newton=newton,
+            paths=paths,
+            throw=True,
         )
         flows[lo:hi] = res.link_flow
         gaps[lo:hi] = res.gap
@@ -200,6 +223,8 @@ def build_dataset(
     chunk: int = 500,
     rebuild: bool = False,
     workers: int = 1,
+    sweeps: int = 4,
+    newton: int = 0,
 ) -> TrafficData:
     """Load or generate the contextual data set of the network in ``network_dir``.
 
@@ -214,10 +239,14 @@ def build_dataset(
         rebuild: regenerate even when a matching cache exists.
         workers: processes that generate (:func:`generate`; 0: every core). Not part of the cache
             key: the data meet the same certificate however many processes made them.
+        sweeps, newton: the solver's Gauss–Seidel sweeps and projected Newton steps per round
+            (:func:`~.assignment.solve_equilibrium`); not part of the cache key either.
     """
-    for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+    for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("newton", newton)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"build_dataset: {name} must be an integer >= 0, got {value!r}")
+    if not isinstance(sweeps, int) or isinstance(sweeps, bool) or sweeps < 1:
+        raise ValueError(f"build_dataset: sweeps must be an integer >= 1, got {sweeps!r}")
     if n_train + n_val + n_test == 0:
         raise ValueError("build_dataset: the data set would be empty")
     if not 0 < gap < 1e-3:
@@ -247,7 +276,7 @@ def build_dataset(
     import time
 
     start = time.perf_counter()
-    model, d, x, g = generate(network, params, chunk=chunk, workers=workers)
+    model, d, x, g = generate(network, params, chunk=chunk, workers=workers, sweeps=sweeps, newton=newton)
     seconds = time.perf_counter() - start
     if path is not None:
         _save(path, params, model, d, x, g, seconds)

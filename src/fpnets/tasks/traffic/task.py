@@ -194,15 +194,23 @@ class TrafficDataConfig(DataConfig):
     """Cache folder; empty: ``<fpnets cache>/traffic`` (:func:`traffic_cache_dir`)."""
     workers: int = 1
     """Processes that generate the data set (0: every core); the cache does not depend on it."""
+    sweeps: int = 4
+    """Gauss–Seidel sweeps per round of the equilibrium solver that makes the targets."""
+    newton: int = 0
+    """Projected Newton steps over all used paths per round of that solver (0: none; contextual
+    Anaheim needs them, docs/traffic.md). Like ``workers``, it changes how fast the targets are
+    certified, not the certificate, and the cache does not depend on it."""
 
     def check(self) -> None:
         super().check()
-        for key in ("n_train", "n_val", "n_test", "limit", "workers"):
+        for key in ("n_train", "n_val", "n_test", "limit", "workers", "newton"):
             value = getattr(self, key)
             if value < 0:
                 raise ConfigError(f"data.{key} must be >= 0, got {value}")
         if self.n_train < 1:
             raise ConfigError(f"data.n_train must be >= 1, got {self.n_train}")
+        if self.sweeps < 1:
+            raise ConfigError(f"data.sweeps must be >= 1, got {self.sweeps}")
         if not 0 < self.gap < 1e-3:
             raise ConfigError(
                 f"data.gap must lie in (0, 1e-3), got {self.gap}: targets are equilibria certified to this "
@@ -384,6 +392,8 @@ class TrafficTask(Task):
                 cap_range=d.cap_range,
                 gap=d.gap,
                 workers=d.workers,
+                sweeps=d.sweeps,
+                newton=d.newton,
             )
         except (TNTPError, OSError) as exc:
             raise _data_error(f"traffic network {directory}: {exc}") from exc
