@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,62 @@ def test_gap_certificate_and_beckmann(tmp_path: Path) -> None:
         v = (delta.T @ h.T).T
         assert np.all(costs.beckmann(v) >= base - 1e-9 * np.abs(base))
         assert np.all(relative_gap(net, costs, v) > 0)
+
+
+def test_newton_steps_reach_the_same_equilibrium_in_fewer_rounds(tmp_path: Path) -> None:
+    net = toy(tmp_path)
+    model = ContextModel.random(net, seed=3, cap_range=0.8)  # steep: capacities down to 0.2 c₀
+    costs = model.costs(net, model.sample(5, seed=4))
+    ref = solve_equilibrium(net, costs, gap=1e-12, max_iter=2000)
+    fast = solve_equilibrium(net, costs, gap=1e-10, sweeps=1, newton=3)
+    assert np.all(fast.gap <= 1e-10) and np.all(fast.converged)
+    np.testing.assert_allclose(relative_gap(net, costs, fast.link_flow), fast.gap, rtol=1e-6, atol=1e-14)
+    np.testing.assert_allclose(fast.link_flow, ref.link_flow, rtol=1e-4, atol=1e-6)
+    plain = solve_equilibrium(net, costs, gap=1e-10, sweeps=1)
+    assert fast.iterations.sum() <= plain.iterations.sum()
+
+
+def test_newton_polish_descends_on_the_path_set_and_stays_feasible(tmp_path: Path) -> None:
+    from fpnets.tasks.traffic.assignment import _newton_polish, free_flow_path_flow
+
+    net = toy(tmp_path)
+    model = ContextModel.random(net, seed=3, cap_range=0.8)
+    costs = model.costs(net, model.sample(3, seed=4))
+    # a complete path set (every path an equilibrium uses), and on it the midpoint of the free-flow
+    # all-or-nothing flows and the equilibrium: flow on several paths per OD pair, not an equilibrium
+    ref = solve_equilibrium(net, costs, gap=1e-12, max_iter=2000)
+    paths = ref.paths
+    start = 0.5 * ref.path_flow + 0.5 * free_flow_path_flow(net, paths)[None, :]
+    delta, od, q = paths.matrix(), np.asarray(paths.od), net.od_pairs[2]
+
+    def restricted_gap(h: np.ndarray, c: LinkCosts) -> float:
+        v = delta.T @ h
+        t = c.time(v[None])[0]
+        pc = delta @ t
+        best = np.full(len(q), np.inf)
+        np.minimum.at(best, od, pc)
+        return float(((pc - best[od]) * h).sum() / (t @ v))
+
+    tested = 0
+    for i in range(3):
+        one = costs.subset([i])
+        if restricted_gap(start[i], one) <= 1e-4:
+            continue  # this context's equilibrium is the all-or-nothing assignment: nothing to move
+        tested += 1
+        h = start[i].copy()
+        h0 = h.copy()
+        phi = [float(one.beckmann((delta.T @ h)[None])[0])]
+        gaps = [restricted_gap(h, one)]
+        for _ in range(25):
+            _newton_polish(one, paths, h, 1)
+            phi.append(float(one.beckmann((delta.T @ h)[None])[0]))
+            gaps.append(restricted_gap(h, one))
+            assert np.all(h >= 0)
+            np.testing.assert_allclose(np.bincount(od, weights=h, minlength=len(q)), q, rtol=1e-12, atol=1e-9)
+        assert all(b <= a + 1e-9 * abs(a) for a, b in itertools.pairwise(phi))  # Armijo: never up
+        assert np.all(h[h0 == 0] == 0)  # only used paths move: unused ones are the sweeps' job
+        assert gaps[0] > 1e-4 and gaps[-1] < 1e-6 * gaps[0]  # the Newton steps converge on the set
+    assert tested == 2
 
 
 @pytest.mark.skipif(

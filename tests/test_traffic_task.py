@@ -325,6 +325,8 @@ def test_mean_capacity_baseline_is_evaluated_not_trained(root: Path, tmp_path: P
         (['model.commodity="path"'], "commodity"),
         (["data.gap=0.1"], r"data.gap must lie in \(0, 1e-3\)"),
         (["data.n_train=0"], "data.n_train must be >= 1"),
+        (["data.newton=-1"], "data.newton must be >= 0"),
+        (["data.sweeps=0"], "data.sweeps must be >= 1"),
         (["data.cap_range=1.5"], r"data.cap_range must lie in \(0, 1\)"),
         (['model.variant="bpr"', "model.cap_range=1.5"], r"model.cap_range must lie in \(0, 1\)"),
         (['model.variant="bpr"', "model.gap=0.0"], r"model.gap must lie in \(0, 1\)"),
