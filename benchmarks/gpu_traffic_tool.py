@@ -73,7 +73,14 @@ def solve_rows(span: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray,
         G["paths"] = PathSet(net)
     t = time.perf_counter()
     res = solve_equilibrium(
-        net, model.costs(net, G["contexts"][lo:hi]), gap=G["gap"], max_iter=500, paths=G["paths"], throw=True
+        net,
+        model.costs(net, G["contexts"][lo:hi]),
+        gap=G["gap"],
+        max_iter=500,
+        sweeps=G.get("sweeps", 4),
+        newton=G.get("newton", 0),
+        paths=G["paths"],
+        throw=True,
     )
     return lo, hi, res.link_flow, res.gap, time.perf_counter() - t, len(G["paths"])
 
@@ -122,9 +129,11 @@ def cmd_gen(args: argparse.Namespace) -> int:
     except Missing:
         pass
 
-    def calibrate(network: Any, params: Any, **_: Any) -> Any:
+    def calibrate(network: Any, params: Any, **options: Any) -> Any:
         model, contexts = tdata.draw_contexts(network, params, n_max)  # (N, m): a prefix-stable stream
         G.update(network=network, model=model, params=params, gap=params.gap, contexts=contexts)
+        # the config's solver settings (data.sweeps, data.newton), as build_dataset passes them
+        G.update(sweeps=options.get("sweeps", 4), newton=options.get("newton", 0))
         raise Calibrated
 
     with contextlib.suppress(Calibrated):
