@@ -110,8 +110,8 @@ def test_bpr_warm_start_needs_one_round_for_a_context_seen_before() -> None:
     keys = [row.tobytes() for row in d.numpy()]
     with torch.no_grad():
         small(d)
-        assert len(small._warm) == 2
-        assert [small._warm.get(k) is not None for k in keys] == [False, False, False, True, True]
+        assert len(small.warm) == 2
+        assert [small.warm.get(k) is not None for k in keys] == [False, False, False, True, True]
         again = small(d)
     torch.testing.assert_close(again, first, rtol=1e-9, atol=1e-9)
 

@@ -289,13 +289,13 @@ def test_warm_starts_reuse_training_fixed_points_and_leave_evaluation_alone() ->
     model.eval()
     cold = model(d).detach()
     cold_iters = model.solution.iterations.clone()
-    assert len(model.warm_latents) == 0  # evaluation neither reads nor writes the store
+    assert len(model.warm) == 0  # evaluation neither reads nor writes the store
     assert int(cold_iters.min()) > 5
     model.train()
     first = model(d).detach()
     torch.testing.assert_close(first, cold)  # nothing stored yet: the same cold solve
     assert torch.equal(model.solution.iterations, cold_iters)
-    assert len(model.warm_latents) == 3  # capacity 3: the least recently used context was dropped
+    assert len(model.warm) == 3  # capacity 3: the least recently used context was dropped
     again = model(d)
     iters = model.solution.iterations
     # the three stored contexts start at their fixed point (one evaluation meets the tolerance); the
@@ -319,7 +319,7 @@ def test_warm_starts_reuse_training_fixed_points_and_leave_evaluation_alone() ->
     loss.backward()
     assert all(p.grad is not None for p in model.game.parameters() if p.requires_grad)
     # off by default for the Davis–Yin variants; bpr keeps its own store of path flows
-    assert TrafficNFPN(net, 50.0, hidden=8).warm_latents.capacity == 0
+    assert TrafficNFPN(net, 50.0, hidden=8).warm.capacity == 0
     with pytest.raises(ValueError, match=r"capacity must be an integer >= 0"):
         TrafficNFPN(net, 50.0, hidden=8, warm_starts=-1)
 

@@ -170,10 +170,10 @@ def test_solver_and_backward_come_from_the_config(root: Path) -> None:
     bare_task.load_splits(root)
     solver = bare_task.build_model().solver
     assert (solver.tol, solver.max_iter) == (1e-4, 50)  # the paper's tolerance and depth
-    assert bare_task.build_model().warm_latents.capacity == 0  # warm starts: off unless asked for
+    assert bare_task.build_model().warm.capacity == 0  # warm starts: off unless asked for
     warm = tiny(root, "model.warm_starts=24").make_task()
     warm.load_splits(root)
-    assert warm.build_model().warm_latents.capacity == 24
+    assert warm.build_model().warm.capacity == 24
     explicit = tiny(root, 'model.variant="explicit"', "model.num_params=500").make_task()
     explicit.load_splits(root)
     net = explicit.build_model()

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+import torch
+from torch import Tensor
+
 V = TypeVar("V")
 
-__all__ = ["WarmStarts"]
+__all__ = ["WarmStarts", "row_keys"]
 
 
 class WarmStarts(Generic[V]):
@@ -46,3 +49,9 @@ class WarmStarts(Generic[V]):
 
     def clear(self) -> None:
         self._store.clear()
+
+
+def row_keys(x: Tensor) -> list[bytes]:
+    """One store key per row of ``x`` (B, ...): the bytes of the row in float64 on the CPU, so the
+    same input gives the same key whatever the model's dtype or device."""
+    return [row.tobytes() for row in x.detach().to("cpu", torch.float64).numpy()]

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..._fixed_point import fixed_point
 from ..._solution import Solution, Status
-from ..._warm import WarmStarts
+from ..._warm import WarmStarts, row_keys
 from ...backward import Backward
 from ...operators.simplex import project_simplex
 from ...solvers import Picard, Solver
@@ -537,7 +537,7 @@ class PayoffNashFPN(_PayoffModel):
     def forward(self, d: Tensor) -> Tensor:
         """x̂(d) = z* = QRE(B̂(d)): (B, k) → (B, 2, n)."""
         B = self.payoff(d)  # (B, n, n); checks the shape and that d is finite
-        keys = [row.tobytes() for row in d.detach().to("cpu", torch.float64).numpy()]
+        keys = row_keys(d)
         starts = [self.warm.get(k) for k in keys]
         init = None
         if any(s is not None for s in starts):

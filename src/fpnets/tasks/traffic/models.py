@@ -70,7 +70,7 @@ from torch import Tensor, nn
 
 from ..._fixed_point import fixed_point
 from ..._solution import Solution
-from ..._warm import WarmStarts
+from ..._warm import WarmStarts, row_keys
 from ...backward import JFB, Backward
 from ...layers import SpectralLinear
 from ...operators.affine import AffineProjection
@@ -308,10 +308,9 @@ class TrafficNFPN(nn.Module):
         self.paths = None  # the bpr variant's shared path set (grows over calls: a warm start)
         if warm_starts is None:
             warm_starts = 100_000 if variant == "bpr" else 0
-        # bpr: the last path flows of each context seen (the most recent ``warm_starts`` contexts)
-        self._warm: WarmStarts[np.ndarray] = WarmStarts(warm_starts)
-        # Davis–Yin variants: the last latent z (K, E) of each training context (detached)
-        self.warm_latents: WarmStarts[Tensor] = WarmStarts(0 if variant == "bpr" else warm_starts)
+        # the last fixed point of each context seen (the most recent ``warm_starts`` contexts): bpr,
+        # its path flows (P,) (numpy); the Davis–Yin variants, the latent z (K, E) of training solves
+        self.warm: WarmStarts[Any] = WarmStarts(warm_starts)
         self._h0: np.ndarray | None = None  # bpr: all-or-nothing path flows on the free-flow paths
         self.equilibrium_gap: np.ndarray | None = None  # bpr: the relative gaps of the last solve (B,)
         self.equilibrium_rounds: np.ndarray | None = None  # bpr: its column-generation rounds (B,)
@@ -463,10 +462,10 @@ class TrafficNFPN(nn.Module):
             self.paths = PathSet(self.network)
             self._h0 = free_flow_path_flow(self.network, self.paths)
         h0 = self._h0
-        keys = [row.tobytes() for row in d.detach().double().cpu().numpy()]
+        keys = row_keys(d)
         init = np.zeros((len(keys), len(self.paths)))
         for i, key in enumerate(keys):
-            h = self._warm.get(key, h0)
+            h = self.warm.get(key, h0)
             init[i, : len(h)] = h
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a missed gap is recorded, not warned
@@ -474,7 +473,7 @@ class TrafficNFPN(nn.Module):
                 self.network, costs, gap=self.gap, max_iter=self.rounds, paths=self.paths, init_path_flow=init
             )
         for key, h in zip(keys, res.path_flow, strict=True):
-            self._warm.put(key, h.copy())
+            self.warm.put(key, h.copy())
         self.equilibrium_gap = res.gap
         self.equilibrium_rounds = res.iterations
         flows = commodity_flows(self.network, res.paths, res.path_flow, self.commodity)  # (B, K, E)
@@ -525,21 +524,20 @@ class TrafficNFPN(nn.Module):
             self.solution = sol.detached()
             return self.readout(sol.value)
         z0 = self.initial_latent(d.shape[0], cd.dtype, cd.device)
-        warm = self.training and self.warm_latents.capacity > 0
+        warm = self.training and self.warm.capacity > 0
         if warm:
-            keys = [row.tobytes() for row in d.detach().to("cpu", torch.float64).numpy()]
+            keys = row_keys(d)
             for i, key in enumerate(keys):
-                start = self.warm_latents.get(key)
-                if start is not None and start.shape == z0.shape[1:]:
+                start = self.warm.get(key)
+                if start is not None:
                     z0[i] = start.to(dtype=z0.dtype, device=z0.device)
         sol = fixed_point(
             self.operator, z0, cd, solver=self.solver, backward=self.backward_mode, warn=self.warn
         )
         self.solution = sol.detached()
         if warm:
-            latents = self.solution.value
-            for i, key in enumerate(keys):
-                self.warm_latents.put(key, latents[i].clone())
+            for key, z in zip(keys, self.solution.value, strict=True):
+                self.warm.put(key, z.clone())
         return self.readout(sol.value)
 
 
