@@ -77,8 +77,8 @@ def solve_rows(span: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray,
         model.costs(net, G["contexts"][lo:hi]),
         gap=G["gap"],
         max_iter=500,
-        sweeps=G.get("sweeps", 4),
-        newton=G.get("newton", 0),
+        sweeps=G["sweeps"],
+        newton=G["newton"],
         paths=G["paths"],
         throw=True,
     )
@@ -133,7 +133,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
         model, contexts = tdata.draw_contexts(network, params, n_max)  # (N, m): a prefix-stable stream
         G.update(network=network, model=model, params=params, gap=params.gap, contexts=contexts)
         # the config's solver settings (data.sweeps, data.newton), as build_dataset passes them
-        G.update(sweeps=options.get("sweeps", 4), newton=options.get("newton", 0))
+        G.update(sweeps=options["sweeps"], newton=options["newton"])
         raise Calibrated
 
     with contextlib.suppress(Calibrated):

@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(model, "operator") or getattr(model, "variant", "") == "bpr":
         raise SystemExit(f"--run {args.run}: not a Davis–Yin traffic N-FPN (explicit or bpr model)")
     part = getattr(saved.splits, args.split)
-    d, target = part.inputs[0], part.target
-    target = getattr(target, "flow", target)
+    d, target = part.inputs[0], part.target  # (N, m), (N, E) equilibrium flows
 
     def forward(solver) -> tuple[torch.Tensor, fpnets.Solution, float]:
         with torch.no_grad(), warnings.catch_warnings():

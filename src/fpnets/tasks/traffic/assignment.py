@@ -381,7 +381,7 @@ def _sweep(costs: LinkCosts, paths: PathSet, h: np.ndarray, v: np.ndarray, repea
         v[:, lw] = vl
 
 
-def _newton_polish(costs: LinkCosts, paths: PathSet, h: np.ndarray, iters: int) -> np.ndarray:
+def _newton_polish(costs: LinkCosts, paths: PathSet, h: np.ndarray, iters: int) -> None:
     """``iters`` projected Newton steps on the used paths of one context, in place on h (P,).
 
     Restricted to the path set, the equilibrium minimises Beckmann's potential φ over the path
@@ -415,7 +415,7 @@ def _newton_polish(costs: LinkCosts, paths: PathSet, h: np.ndarray, iters: int) 
         b = basic_of[od]
         free = np.nonzero((b != idx) & (h > 0))[0]
         if len(free) == 0:
-            return h
+            return
         g = pc[free] - pc[b[free]]
         z = (delta[free] - delta[b[free]]).tocsr()  # (F, E)
         hess = (z @ sp.diags(dt) @ z.T).tocsc()
@@ -423,7 +423,7 @@ def _newton_polish(costs: LinkCosts, paths: PathSet, h: np.ndarray, iters: int) 
         hess = (hess + sp.diags(1e-10 * diag + 1e-12 * (float(diag.max()) + 1.0))).tocsc()
         x = spsolve(hess, -g)
         if not np.all(np.isfinite(x)):
-            return h
+            return
         phi0 = float(costs.beckmann(v[None])[0])
         lam = 1.0
         for _ in range(30):
@@ -438,10 +438,8 @@ def _newton_polish(costs: LinkCosts, paths: PathSet, h: np.ndarray, iters: int) 
                     break
             lam *= 0.5
         else:
-            return h
-        np.clip(hn, 0.0, None, out=hn)
-        h[:] = hn
-    return h
+            return
+        h[:] = hn  # every entry ≥ 0: the free ones by the projection, the basic ones checked
 
 
 def solve_equilibrium(
