@@ -142,6 +142,58 @@ def test_corrupted_file_is_detected(tmp_path: Path) -> None:
         load_checkpoint(tmp_path, "last")
 
 
+def test_load_survives_a_concurrent_save(tmp_path: Path, monkeypatch) -> None:
+    """A live run saves (and deletes the files the old manifest named) between our reading the
+    manifest and its files: the load reads the new manifest instead of failing (the race a reader
+    of a training run's folder hits)."""
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, model, opt, 1)
+    real = ck.read_manifest
+    saves = iter([2])
+
+    def read_then_save(path):
+        meta = real(path)
+        epoch = next(saves, None)
+        if epoch is not None:
+            _save(tmp_path, model, opt, epoch)  # removes ckpt-0001-* (no manifest names them)
+        return meta
+
+    monkeypatch.setattr(ck, "read_manifest", read_then_save)
+    ckpt = load_checkpoint(tmp_path, "last")
+    assert ckpt.epoch == 2 and not list(tmp_path.glob("ckpt-0001-*"))
+    # a run that saves on every read: a bounded number of tries, then a clear error
+    saves = iter(range(3, 100))
+    with pytest.raises(CheckpointError, match=r"changed 20 times while it was being read"):
+        load_checkpoint(tmp_path, "last")
+
+
+def test_load_while_another_thread_saves(tmp_path: Path) -> None:
+    import threading
+
+    model, opt = _model_and_optimizer()
+    _save(tmp_path, model, opt, 1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        epoch = 2
+        try:
+            while not stop.is_set():
+                _save(tmp_path, model, opt, epoch)
+                epoch += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        epochs = [load_checkpoint(tmp_path, "last").epoch for _ in range(200)]
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and epochs == sorted(epochs) and epochs[-1] > 1
+
+
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text('{"format": "other"}')
     with pytest.raises(CheckpointError, match=r"is not an fpnets checkpoint"):

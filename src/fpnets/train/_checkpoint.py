@@ -409,27 +409,29 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path, tag: str = "best", *, verify: bool = True) -> Checkpoint:
     """Load a checkpoint from a run directory, checkpoints directory or manifest (``tag`` picks
-    ``best`` or ``last`` for directories). ``verify`` checks the tensor files' SHA-256."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    ``best`` or ``last`` for directories). ``verify`` checks the tensor files' SHA-256.
 
+    A run that is still training may replace the manifest and delete the files it named between
+    our reading the manifest and the files: each tensor file is read once into memory (so the
+    checksum and the tensors come from the same bytes), and a file that vanished because the
+    manifest moved on is retried with the new manifest.
+    """
     mpath = manifest_path(path, tag)
-    meta = read_manifest(mpath)
-    loaded: dict[str, dict[str, torch.Tensor]] = {}
-    for role in ("model", "state"):
+    for _ in range(_LIVE_RETRIES):
+        text = _manifest_text(mpath)
+        meta = read_manifest(mpath)
         try:
-            entry = meta["files"][role]
-            fpath = mpath.parent / entry["name"]
-        except (KeyError, TypeError):
-            raise CheckpointError(f"checkpoint {str(mpath)!r} names no {role} file") from None
-        if not fpath.is_file():
-            raise CheckpointError(f"checkpoint {str(mpath)!r} is incomplete: {entry['name']} is missing")
-        if verify and _sha256(fpath) != entry.get("sha256"):
-            raise CheckpointError(f"checkpoint file {str(fpath)!r} is corrupted (SHA-256 mismatch)")
-        try:
-            loaded[role] = load_file(str(fpath), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"cannot read checkpoint file {str(fpath)!r}: {exc}") from None
+            loaded = {role: _load_tensor_file(mpath, meta, role, verify) for role in ("model", "state")}
+        except _Vanished as exc:
+            if _manifest_text(mpath) != text:
+                continue  # a concurrent save replaced the manifest: read the new one
+            raise CheckpointError(f"checkpoint {str(mpath)!r} is incomplete: {exc.name} is missing") from None
+        break
+    else:
+        raise CheckpointError(
+            f"checkpoint {str(mpath)!r} changed {_LIVE_RETRIES} times while it was being read "
+            "(a run is saving into it): try again, or copy the run folder first"
+        )
     bad = [
         k for k, v in loaded["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
     ]
@@ -440,6 +442,49 @@ def load_checkpoint(path: str | Path, tag: str = "best", *, verify: bool = True)
             + "): the run diverged before it was saved, or the file was altered"
         )
     return Checkpoint(model=loaded["model"], tensors=loaded["state"], meta=meta, path=mpath)
+
+
+_LIVE_RETRIES = 20
+
+
+class _Vanished(Exception):
+    """A tensor file the manifest names does not exist (``args[0]`` is its name)."""
+
+    @property
+    def name(self) -> str:
+        return str(self.args[0])
+
+
+def _manifest_text(mpath: Path) -> str | None:
+    try:
+        return mpath.read_text("utf-8")
+    except OSError:
+        return None
+
+
+def _load_tensor_file(
+    mpath: Path, meta: Mapping[str, Any], role: str, verify: bool
+) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    try:
+        entry = meta["files"][role]
+        fpath = mpath.parent / entry["name"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {str(mpath)!r} names no {role} file") from None
+    try:
+        data = fpath.read_bytes()
+    except FileNotFoundError:
+        raise _Vanished(entry["name"]) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint file {str(fpath)!r}: {exc.strerror or exc}") from None
+    if verify and hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise CheckpointError(f"checkpoint file {str(fpath)!r} is corrupted (SHA-256 mismatch)")
+    try:
+        return load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint file {str(fpath)!r}: {exc}") from None
 
 
 __all__ = [
