@@ -14,8 +14,8 @@
 #                   round measures contexts/s and n_train is cut to what fits the step's time
 #                   (n_val, n_test kept unless too few contexts fit); the cache is fpnets' own (data.cache_dir), so training
 #                   and a carried cache (GPU_TRAFFIC_CACHE) find it like `fpnets train` does
-#   train_<net>_<variant>  `fpnets.train.train` on CUDA for GPU_TRAFFIC_VARIANTS (default "averaged
-#                   nfpn explicit"), all variants of a network at once in the background: two
+#   train_<net>_<variant>  `fpnets.train.train` on CUDA for GPU_TRAFFIC_VARIANTS (default
+#                   "averaged-wide nfpn explicit"), all variants of a network at once in the background: two
 #                   calibration epochs, then resumed (--resume semantics) to as many epochs as fit the
 #                   deadline (at most the config's train.epochs); val-selected, tested once
 #   baseline_<net>  the mean-capacity baseline (CPU)
@@ -231,7 +231,7 @@ else
     TRAIN_ARGS=(--threads 1)
     MIN_TRAIN_WINDOW=60
 fi
-VARIANTS="${GPU_TRAFFIC_VARIANTS:-averaged nfpn explicit}"
+VARIANTS="${GPU_TRAFFIC_VARIANTS:-averaged-wide nfpn explicit}"
 END_TRAIN=$((TOTAL - 45)) # every training is done by then (its own deadline; timeout 30 s later)
 [ "$MODE" = cpu ] && END_TRAIN=$((TOTAL - 20))
 GEN_OTHERS=$((GEN_FIRST * 7 / 10))
