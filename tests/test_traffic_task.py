@@ -133,7 +133,7 @@ def test_configs_resolve_and_round_trip(name: str, variant: str) -> None:
 
 def test_run_names() -> None:
     assert load_config("traffic-siouxfalls").run_name == "traffic-siouxfalls-averaged-wide"
-    assert load_config("traffic-ema").run_name == "traffic-easternmassachusetts-averaged"
+    assert load_config("traffic-ema").run_name == "traffic-easternmassachusetts-averaged-wide"
 
 
 def test_network_directory_lookup(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
