@@ -267,6 +267,11 @@ def test_resume_keeps_history_and_refuses_what_would_rewrite_it(reference, split
     train(small("train.epochs=4"), resume=run, splits=splits)
     after = json.loads((run / "run.json").read_text())
     assert after["started_at"] == info["started_at"] and after["resumed"][0]["from_epoch"] == 3
+    # provenance of the first session and of the resume: commit, command line, machine
+    for record in (info, after["resumed"][0]):
+        assert {"git", "command", "machine"} <= set(record)
+        assert record["machine"]["cores"] >= 1
+    assert after["resumed"][0]["git"] == info["git"]
 
 
 def test_cli_resume_mistakes(reference, tmp_path: Path, capsys) -> None:

@@ -36,6 +36,7 @@ from ._checkpoint import (
 from ._config import Config, config_from_dict
 from ._engine import ConfigError
 from ._outputs import TensorBoard, columns, write_metrics_csv, write_plots
+from ._provenance import provenance
 from ._runtime import DTYPES, Runtime, process_settings, resolve_device, seed_all, setup_runtime
 from ._state import RunLock, check_resumable, new_run_dir
 from ._step import train_step
@@ -454,7 +455,7 @@ class _Trainer:
             except (OSError, ValueError):
                 info = {}
             info.setdefault("resumed", []).append(
-                {"at": now, "from_epoch": self.start_epoch, "epochs": self.cfg.train.epochs}
+                {"at": now, "from_epoch": self.start_epoch, "epochs": self.cfg.train.epochs, **provenance()}
             )
         else:
             info = {
@@ -465,6 +466,7 @@ class _Trainer:
                 "task": self.cfg.task.name,
                 "started_at": now,
                 "resumed_from_epoch": self.start_epoch if self.resume is not None else None,
+                **provenance(),
             }
         atomic_write_text(self.run_dir / "config.toml", self.cfg.to_toml())
         atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
