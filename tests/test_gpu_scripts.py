@@ -303,3 +303,43 @@ def test_traffic_config_averaged_step_is_below_the_limit(name: str) -> None:
     origins = len(np.unique(Network.from_tntp(path).od_pairs[0]))
     for variant, m in models.items():
         assert m.alpha < 2 / (origins * (m.mu + m.bound**2)), (variant, origins, m.alpha)
+
+
+TRAFFIC_LINKS = {
+    "traffic-ema": 258,
+    "traffic-friedrichshain": 523,
+    "traffic-tiergarten": 766,
+    "traffic-anaheim": 914,
+}
+
+
+def _averaged_wide_count(num_links: int) -> int:
+    """The default N-FPN's (averaged-wide, m = 10) parameter count: trunk 10 → 170 → 170, heads g(d) ∈ R⁸
+    and c(d) ∈ R^E, A ∈ R^{8×E}."""
+    return (
+        (10 * 170 + 170) + (170 * 170 + 170) + (170 * 8 + 8) + (170 * num_links + num_links) + 8 * num_links
+    )
+
+
+def test_averaged_wide_count_formula_matches_the_model() -> None:
+    from fpnets.tasks.traffic.models import TrafficNFPN
+    from test_traffic import braess
+    from test_traffic_models import small_network
+
+    for net in (braess(), small_network()):
+        model = TrafficNFPN(net, 1.0, variant="averaged-wide", alpha=1e-3)
+        assert sum(p.numel() for p in model.parameters()) == _averaged_wide_count(net.num_links)
+
+
+@pytest.mark.parametrize("name", sorted(TRAFFIC_LINKS))
+def test_traffic_config_explicit_baseline_has_the_default_nfpns_size(name: str) -> None:
+    """The explicit baseline of each larger network is sized to the config's default N-FPN (to 0.5 %)."""
+    from fpnets.tasks.traffic.models import ExplicitTrafficNet
+
+    links = TRAFFIC_LINKS[name]
+    cfg = load_config(name, ['model.variant="explicit"'])
+    assert load_config(name).model.variant == "averaged-wide"
+    target = _averaged_wide_count(links)
+    assert cfg.model.num_params == target
+    explicit = ExplicitTrafficNet(links, 1.0, num_params=cfg.model.num_params)
+    assert abs(sum(p.numel() for p in explicit.parameters()) - target) <= 0.005 * target
