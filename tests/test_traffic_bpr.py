@@ -116,6 +116,29 @@ def test_bpr_warm_start_needs_one_round_for_a_context_seen_before() -> None:
     torch.testing.assert_close(again, first, rtol=1e-9, atol=1e-9)
 
 
+def test_bpr_newton_steps_reach_the_same_equilibrium() -> None:
+    # sweeps/newton change how the forward solve gets there, not where: the same learned costs give
+    # the same certified equilibrium (and the same fixed point ζ*) either way
+    torch.manual_seed(0)
+    net = small_network()
+    plain = bpr_model(net, hidden=8)
+    with torch.no_grad():
+        for p in plain.game.capacity_net.parameters():
+            p.normal_(0, 0.3)
+    fast = bpr_model(net, hidden=8, sweeps=2, newton=4)
+    fast.load_state_dict(plain.state_dict())
+    assert (fast.sweeps, fast.newton) == (2, 4) and (plain.sweeps, plain.newton) == (4, 0)
+    d = 10 * torch.rand(6, 10, dtype=torch.float64)
+    with torch.no_grad():
+        x_plain, x_fast = plain(d), fast(d)
+    assert fast.equilibrium_gap.max() <= 1e-12 and bool(fast.solution.converged.all())
+    torch.testing.assert_close(x_fast, x_plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"sweeps must be >= 1 and newton >= 0, got sweeps=0"):
+        TrafficNFPN(net, 50.0, variant="bpr", sweeps=0)
+    with pytest.raises(ValueError, match=r"newton=-1"):
+        TrafficNFPN(net, 50.0, variant="bpr", newton=-1)
+
+
 def _loss(model: TrafficNFPN, d: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return traffic_loss(model(d), target, 50.0)
 

@@ -331,11 +331,14 @@ def test_mean_capacity_baseline_is_evaluated_not_trained(root: Path, tmp_path: P
         (['model.variant="bpr"', "model.cap_range=1.5"], r"model.cap_range must lie in \(0, 1\)"),
         (['model.variant="bpr"', "model.gap=0.0"], r"model.gap must lie in \(0, 1\)"),
         (['model.variant="bpr"', "model.rounds=0"], "model.rounds must be >= 1"),
+        (['model.variant="bpr"', "model.sweeps=0"], "model.sweeps must be >= 1"),
+        (['model.variant="bpr"', "model.newton=-2"], r"model.newton must be >= 0 \(0: none\)"),
+        (["model.newton=4"], "model.newton applies to the bpr variant"),
         (['model.variant="bpr"', "model.hidden=-1"], r"model.hidden must be >= 1 \(>= 0 for bpr"),
         (["model.cap_range=0.5"], "model.cap_range applies to the bpr variant"),
         (
             ['model.variant="nfpn"', "model.standardize=true"],
-            "model.standardize applies to the averaged, averaged-wide, averaged-diag, explicit variant",
+            "model.standardize applies to the averaged, averaged-wide, averaged-diag, bpr, explicit variant",
         ),
         (["model.warm_starts=-1"], r"model.warm_starts must be >= 0 \(0: off\)"),
         (
@@ -369,13 +372,27 @@ def test_missing_network_is_a_data_error(root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_bpr_variant_trains_through_the_trainer_and_evaluates(root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [(), ("model.standardize=true", "model.sweeps=2", "model.newton=4")])
+def test_bpr_variant_trains_through_the_trainer_and_evaluates(root: Path, tmp_path: Path, options) -> None:
     # every forward is the certified equilibrium of the learned costs: one Picard check per sample,
-    # flow conserved to float32 rounding, the same test metrics again from the checkpoint
+    # flow conserved to float32 rounding, the same test metrics again from the checkpoint (also with
+    # standardised contexts and the Newton steps in the forward solve)
     cfg = tiny(
-        root, 'model.variant="bpr"', "model.hidden=4", "model.gap=1e-9", "train.epochs=2", "run.plots=false"
+        root,
+        'model.variant="bpr"',
+        "model.hidden=4",
+        "model.gap=1e-9",
+        "train.epochs=2",
+        "run.plots=false",
+        *options,
     )
     result = train(cfg, run_dir=tmp_path / "bpr", data_dir=root, progress=False)
+    task = cfg.make_task()
+    task.load_splits(root)
+    model = task.build_model()
+    assert model.standardized == bool(options) and (model.sweeps, model.newton) == (
+        (2, 4) if options else (4, 0)
+    )
     rows = read_metrics_csv(result.run_dir / "metrics.csv")
     assert all(float(r["val_iters"]) == 1.0 and float(r["train_iters"]) == 1.0 for r in rows)
     assert result.test["conservation"] < 1e-5

@@ -238,6 +238,9 @@ class TrafficNFPN(nn.Module):
         cap_range: bpr: r in ĉ(d) = c₀ ⊙ (1 + r tanh(h_Θ(d))).
         gap, rounds: bpr: the target relative Wardrop gap and the most column-generation rounds of
             its forward equilibrium solve.
+        sweeps, newton: bpr: Gauss–Seidel sweeps and projected Newton steps per round of that solve
+            (:func:`~.assignment.solve_equilibrium`; 4 and 0 by default; 2 and 4 solve contextual
+            Sioux Falls equilibria about 4× faster, docs/traffic.md).
         warm_starts: bpr: how many contexts' last path flows are kept to start the next solve of the
             same context (the least recently used are dropped; 0 = always start all-or-nothing;
             unset: 100,000). The Davis–Yin variants: how many training contexts' last latents z are
@@ -276,6 +279,8 @@ class TrafficNFPN(nn.Module):
         cap_range: float = 0.5,
         gap: float = 1e-7,
         rounds: int = 200,
+        sweeps: int = 4,
+        newton: int = 0,
         warm_starts: int | None = None,
         context_stats: tuple[Any, Any] | None = None,
         flow_stats: tuple[Any, Any] | None = None,
@@ -305,6 +310,8 @@ class TrafficNFPN(nn.Module):
         self.network = network
         self.gap = float(gap)
         self.rounds = int(rounds)
+        self.sweeps = int(sweeps)
+        self.newton = int(newton)
         self.paths = None  # the bpr variant's shared path set (grows over calls: a warm start)
         if warm_starts is None:
             warm_starts = 100_000 if variant == "bpr" else 0
@@ -319,6 +326,10 @@ class TrafficNFPN(nn.Module):
                 raise ValueError(f"gap must lie in (0, 1), got {gap!r}")
             if rounds < 1:
                 raise ValueError(f"rounds must be >= 1, got {rounds!r}")
+            if sweeps < 1 or newton < 0:
+                raise ValueError(
+                    f"sweeps must be >= 1 and newton >= 0, got sweeps={sweeps!r}, newton={newton!r}"
+                )
             width = explicit_hidden_size(45956, context_dim, self.num_links) if hidden is None else hidden
             self.unused_weight = 1e-2  # β: D on the links a commodity does not use, relative
             self.register_buffer("incidence", torch.as_tensor(network.incidence, dtype=torch.float32))  # N
@@ -470,7 +481,14 @@ class TrafficNFPN(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a missed gap is recorded, not warned
             res = solve_equilibrium(
-                self.network, costs, gap=self.gap, max_iter=self.rounds, paths=self.paths, init_path_flow=init
+                self.network,
+                costs,
+                gap=self.gap,
+                max_iter=self.rounds,
+                sweeps=self.sweeps,
+                newton=self.newton,
+                paths=self.paths,
+                init_path_flow=init,
             )
         for key, h in zip(keys, res.path_flow, strict=True):
             self.warm.put(key, h.copy())

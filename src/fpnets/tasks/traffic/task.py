@@ -86,7 +86,18 @@ VARIANT_KEYS: dict[str, tuple[str, ...]] = {
     "averaged": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize", "warm_starts"),
     "averaged-wide": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize", "warm_starts"),
     "averaged-diag": ("alpha", "commodity", "hidden", "mu", "bound", "initial", "standardize", "warm_starts"),
-    "bpr": ("alpha", "commodity", "hidden", "cap_range", "gap", "rounds", "warm_starts"),
+    "bpr": (
+        "alpha",
+        "commodity",
+        "hidden",
+        "cap_range",
+        "gap",
+        "rounds",
+        "sweeps",
+        "newton",
+        "standardize",
+        "warm_starts",
+    ),
     "explicit": ("hidden", "num_params", "standardize"),
     "mean-capacity": (),
 }
@@ -259,13 +270,17 @@ class TrafficModelConfig(ModelConfig):
     """bpr: the relative Wardrop gap its forward equilibrium solve reaches (1e-7)."""
     rounds: int | None = None
     """bpr: the most column-generation rounds of that solve (200)."""
+    sweeps: int | None = None
+    """bpr: Gauss–Seidel sweeps per round of that solve (4)."""
+    newton: int | None = None
+    """bpr: projected Newton steps over all used paths per round of that solve (0: none)."""
     warm_starts: int | None = None
     """N-FPNs: how many training contexts' last fixed points start their next training solve
     (Davis–Yin variants: the latent z, unset 0 = every solve starts at z₀; bpr: the path flows,
     unset 100,000). Evaluation always starts at z₀, so ``fpnets eval`` reproduces it."""
     standardize: bool | None = None
-    """explicit and averaged variants: standardise with the training split's statistics (unset:
-    false). Contexts enter as (d − mean) / std per dimension (not d / 10); the explicit MLP predicts
+    """explicit, averaged and bpr variants: standardise with the training split's statistics (unset:
+    false). Contexts enter as (d − mean) / std per dimension (not d / 10; bpr: only this); the explicit MLP predicts
     m_X + σ_X ⊙ MLP(·) with the per-link flow mean and standard deviation (not s · softplus(MLP));
     the averaged N-FPNs anchor c(d) = −μ (m_X + σ_X ⊙ ĉ(d)) / s, so that with A = 0 their fixed
     point is the projection of that regression onto the feasible flows."""
@@ -278,10 +293,12 @@ class TrafficModelConfig(ModelConfig):
 
     def check(self) -> None:
         check_variant_options(self, VARIANT_KEYS)
-        for key in ("num_params", "rounds"):
+        for key in ("num_params", "rounds", "sweeps"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {value}")
+        if self.newton is not None and self.newton < 0:
+            raise ConfigError(f"model.newton must be >= 0 (0: none), got {self.newton}")
         if self.warm_starts is not None and self.warm_starts < 0:
             raise ConfigError(f"model.warm_starts must be >= 0 (0: off), got {self.warm_starts}")
         if self.hidden is not None and self.hidden < (0 if self.variant == "bpr" else 1):
@@ -453,7 +470,11 @@ class TrafficTask(Task):
             n = self.config.data.limit or len(data.train)
             d, x = data.train.context[:n].double(), data.train.flow[:n].double()
             options["context_stats"] = (d.mean(0).numpy(), d.std(0).numpy())
-            options["flow_stats"] = (x.mean(0).numpy(), x.std(0).clamp_min(1e-6 * float(x.mean())).numpy())
+            if m.variant != "bpr":  # bpr's output is an equilibrium of its costs: contexts only
+                options["flow_stats"] = (
+                    x.mean(0).numpy(),
+                    x.std(0).clamp_min(1e-6 * float(x.mean())).numpy(),
+                )
         backward = cfg.backward.spec()
         if m.variant == "explicit":
             if backward is not None:
