@@ -54,22 +54,34 @@ TINY = ["data.limit=240", "data.batch_size=60", "data.eval_batch_size=120", "sol
 
 def test_select_on_validation_loss(digits_splits, tmp_path: Path) -> None:
     """``train.select`` picks the epoch its criterion ranks first, and the returned model is that
-    epoch's: the same deterministic run selected on the loss and on the accuracy. Eight epochs at a
-    high learning rate make the two criteria disagree (checked), so the test tells them apart."""
-    chosen = {}
-    for select in ("val.loss", "val.acc"):
-        cfg = load_config("digits", [*TINY, "train.epochs=8", f"train.select={select}", "optim.lr=5e-2"])
-        chosen[select] = train(cfg, run_dir=tmp_path / select, splits=None)
-    by_loss, by_acc = chosen["val.loss"], chosen["val.acc"]
+    epoch's: the same deterministic run selected on the loss and on the accuracy. A high learning
+    rate makes the two criteria disagree; which setting does depends on the library versions (the
+    trajectory is deterministic for one installation only), so the test takes the first of a few
+    seeds where the loss-selected run's history shows a disagreement, and fails if none does."""
+
+    def run(select: str, seed: int):
+        overrides = [*TINY, "train.epochs=8", f"train.select={select}", "optim.lr=5e-2", f"train.seed={seed}"]
+        return train(load_config("digits", overrides), run_dir=tmp_path / f"{select}-{seed}", splits=None)
+
+    def top_acc(history):
+        return max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
+
+    for seed in range(4):
+        by_loss = run("val.loss", seed)
+        best = min(by_loss.history, key=lambda r: r["val_loss"])
+        if best["epoch"] != top_acc(by_loss.history):
+            break
+    else:
+        pytest.fail("no seed of 0-3 makes val.loss and val.acc rank the epochs differently")
+    by_acc = run("val.acc", seed)
 
     def metrics(result):
         return [(r["train_loss"], r["val_loss"], r["val_acc"]) for r in result.history]
 
     assert metrics(by_loss) == metrics(by_acc)  # same seed, same trajectory: only the selection differs
-    best = min(by_loss.history, key=lambda r: r["val_loss"])
     assert by_loss.best_epoch == best["epoch"]
     assert by_loss.val["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
-    top = max(by_acc.history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    top = next(r for r in by_acc.history if r["epoch"] == top_acc(by_acc.history))
     assert by_acc.best_epoch == top["epoch"]
     assert by_acc.val["acc"] == pytest.approx(top["val_acc"], rel=1e-6)
     assert by_loss.best_epoch != by_acc.best_epoch, by_loss.history
