@@ -39,6 +39,8 @@ SOLVERS = {
     "anderson5-500": ("anderson", {"m": 5, "max_iter": 500}),
     "anderson10-500": ("anderson", {"m": 10, "max_iter": 500}),
     "anderson20-500": ("anderson", {"m": 20, "max_iter": 500}),
+    "anderson5-2000": ("anderson", {"m": 5, "max_iter": 2000}),  # the larger networks' cap
+    "anderson10-2000": ("anderson", {"m": 10, "max_iter": 2000}),
 }
 
 
