@@ -17,37 +17,22 @@ from typing import Any
 
 import torch
 
+from fpnets.train._provenance import cpu_model, git_state
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model() or platform.machine()
 
 
 def commit(short: bool = True) -> str:
-    """``git rev-parse HEAD`` of this repository (short or full hash), with ``+dirty`` when tracked
-    files changed, or "unknown" outside a git checkout."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    """The commit of the checkout this script is tracked in (short or full hash), with ``+dirty``
+    when tracked files changed, or "unknown" outside a git checkout (``git_state``, as run.json)."""
+    state = git_state(Path(__file__).resolve())
+    if state is None:
         return "unknown"
+    return (state["commit"][:7] if short else state["commit"]) + ("+dirty" if state["dirty"] else "")
 
 
 def environment(device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -31,12 +31,13 @@ def test_git_state_reports_the_commit_and_whether_tracked_files_changed(tmp_path
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "one")
     head = _git(repo, "rev-parse", "HEAD")
-    assert git_state(pkg) == {"commit": head, "dirty": False}
-    (pkg / "__init__.py").write_text("x = 2\n")
-    assert git_state(pkg) == {"commit": head, "dirty": True}
+    init = pkg / "__init__.py"
+    assert git_state(init) == {"commit": head, "dirty": False}
+    init.write_text("x = 2\n")
+    assert git_state(init) == {"commit": head, "dirty": True}
     (repo / "untracked.txt").write_text("new\n")  # untracked files do not make the source dirty
     _git(repo, "checkout", "-q", "--", "pkg/__init__.py")
-    assert git_state(pkg) == {"commit": head, "dirty": False}
+    assert git_state(init) == {"commit": head, "dirty": False}
 
 
 @needs_git
@@ -51,8 +52,26 @@ def test_git_state_is_none_for_an_untracked_package_inside_a_checkout(tmp_path: 
     site = repo / ".venv" / "site-packages" / "pkg"
     site.mkdir(parents=True)
     (site / "__init__.py").write_text("")
-    assert git_state(site) is None
-    assert git_state(tmp_path / "nowhere") is None
+    assert git_state(site / "__init__.py") is None
+    assert git_state(tmp_path / "nowhere" / "__init__.py") is None
+
+
+@needs_git
+def test_this_package_and_the_benchmarks_report_the_same_checkout() -> None:
+    # run.json (the package's file) and the benchmark JSONs (benchmarks/common.py) share git_state
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("benchmarks_common", root / "benchmarks" / "common.py")
+    assert spec is not None and spec.loader is not None
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    state = git_state(root / "src" / "fpnets" / "__init__.py")
+    if state is None:
+        pytest.skip("not a git checkout")
+    expected = state["commit"] + ("+dirty" if state["dirty"] else "")
+    assert common.commit(short=False) == expected
+    assert common.commit().split("+")[0] == state["commit"][:7]
 
 
 def test_machine_and_command_are_recorded() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["git_state", "machine", "provenance"]
+__all__ = ["cpu_model", "git_state", "machine", "provenance"]
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -28,14 +28,16 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 
 def git_state(source: str | Path | None = None) -> dict[str, Any] | None:
-    """The commit of the checkout that ``source`` (default: this package's folder) is tracked in.
+    """The commit of the checkout that tracks the file ``source`` (default: this package's
+    ``__init__.py``).
 
     Returns ``{"commit": sha, "dirty": bool}`` (dirty: tracked files differ from the commit), or None
-    when the folder is not tracked by git, e.g. a package installed into site-packages (a checkout
+    when the file is not tracked by git, e.g. a package installed into site-packages (a checkout
     that merely contains the virtual environment does not count: the file itself must be tracked).
     """
-    folder = Path(source) if source is not None else Path(__file__).resolve().parent.parent
-    if _git(["ls-files", "--error-unmatch", "__init__.py"], folder) is None:
+    path = Path(source) if source is not None else Path(__file__).resolve().parent.parent / "__init__.py"
+    folder = path.parent
+    if _git(["ls-files", "--error-unmatch", path.name], folder) is None:
         return None
     commit = _git(["rev-parse", "HEAD"], folder)
     if commit is None:
@@ -44,7 +46,8 @@ def git_state(source: str | Path | None = None) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo, else ``platform.processor()``), or None."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -63,7 +66,7 @@ def machine() -> dict[str, Any]:
         load = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "gpu": gpu,
