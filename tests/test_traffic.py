@@ -429,6 +429,20 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
     assert 0 < second < first
     with pytest.raises(SystemExit, match=r"--ladder: gaps must go from loosest to tightest"):
         module.main([*ladder, "--ladder", "1e-8,1e-6"])
+    # the agreement of two solver settings: the same unique link flows, each solve certified
+    out3 = tmp_path / "agree.json"
+    agree = ["--sweeps", "2", "--newton", "4", "--agree", "3", "--agree-gap", "1e-11"]
+    assert (
+        module.main(
+            ["--data-dir", str(tmp_path), "--out", str(out3), "--networks", "Toy", "--gaps", ""] + agree
+        )
+        == 0
+    )
+    got = json.loads(out3.read_text())["networks"][0]["agreement"]
+    assert got["contexts"] == 3
+    for side in ("sweeps_alone", "this_setting"):
+        assert got[side]["converged"] == 3 and got[side]["max_gap"] <= 1e-11
+    assert got["flow_difference_median"] <= got["flow_difference_max"] < 1e-5
 
 
 def test_generation_in_several_processes_gives_the_same_certified_data(tmp_path: Path) -> None:
