@@ -23,9 +23,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fpnets.tasks.traffic import ContextModel, Network, PathSet, solve_equilibrium
+from fpnets.tasks.traffic import ContextModel, LinkCosts, Network, PathSet, solve_equilibrium
 
 from common import environment
+
+
+def contextual_costs(net: Network, contexts: int) -> tuple[float, LinkCosts]:
+    """(r, costs): the link costs of ``contexts`` contexts (drawn from seed 1) under the paper's
+    context model on ``net`` (W from seed 0, r in clamp(W d, ±r): 0.8 on Anaheim, else 0.3)."""
+    cap_range = 0.8 if net.name.lower().startswith("anaheim") else 0.3
+    model = ContextModel.random(net, seed=0, cap_range=cap_range)
+    return cap_range, model.costs(net, model.sample(contexts, seed=1))
 
 
 def run_network(
@@ -70,15 +78,13 @@ def run_network(
         print(json.dumps(row), flush=True)
     out["standard_costs"] = rows
     if contexts:
-        cap_range = 0.8 if net.name.lower().startswith("anaheim") else 0.3
-        model = ContextModel.random(net, seed=0, cap_range=cap_range)
-        d = model.sample(contexts, seed=1)
+        costs = contextual_costs(net, contexts)[1]
         start, cpu = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # non-converged contexts are reported below
             res = solve_equilibrium(
                 net,
-                model.costs(net, d),
+                costs,
                 gap=context_gap,
                 max_iter=context_rounds,
                 sweeps=sweeps,
@@ -110,9 +116,7 @@ def agreement(net: Network, contexts: int, gap: float, rounds: int, sweeps: int,
     """Do two solver settings reach the same equilibrium? The same contexts solved to ``gap`` with the
     default 4 Gauss–Seidel sweeps alone and with ``sweeps`` + ``newton``: relative difference of the
     link flows (unique at an equilibrium), per context."""
-    cap_range = 0.8 if net.name.lower().startswith("anaheim") else 0.3
-    model = ContextModel.random(net, seed=0, cap_range=cap_range)
-    costs = model.costs(net, model.sample(contexts, seed=1))
+    costs = contextual_costs(net, contexts)[1]
     runs = {}
     for label, kw in (("sweeps", {"sweeps": 4, "newton": 0}), ("this", {"sweeps": sweeps, "newton": newton})):
         start = time.perf_counter()
@@ -145,9 +149,7 @@ def gap_ladder(
     """How accurate the link flows are at each relative gap, for contextual costs: the contexts are
     solved to each gap of ``gaps`` in turn (each solve warm-started from the last, on one path set),
     and the flows of every stage are compared with those of the last (tightest) stage."""
-    cap_range = 0.8 if net.name.lower().startswith("anaheim") else 0.3
-    model = ContextModel.random(net, seed=0, cap_range=cap_range)
-    costs = model.costs(net, model.sample(contexts, seed=1))
+    cap_range, costs = contextual_costs(net, contexts)
     paths, h, stages = PathSet(net), None, []
     start = time.perf_counter()
     for g in gaps:
