@@ -434,7 +434,7 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
     agree = ["--sweeps", "2", "--newton", "4", "--agree", "3", "--agree-gap", "1e-11"]
     assert (
         module.main(
-            ["--data-dir", str(tmp_path), "--out", str(out3), "--networks", "Toy", "--gaps", ""] + agree
+            ["--data-dir", str(tmp_path), "--out", str(out3), "--networks", "Toy", "--gaps", "", *agree]
         )
         == 0
     )
