@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fpnets.tasks.traffic import ContextModel, LinkCosts, Network, PathSet, solve_equilibrium
+from fpnets.tasks.traffic.data import default_cap_range
 
 from common import environment
 
@@ -31,7 +32,7 @@ from common import environment
 def contextual_costs(net: Network, contexts: int) -> tuple[float, LinkCosts]:
     """(r, costs): the link costs of ``contexts`` contexts (drawn from seed 1) under the paper's
     context model on ``net`` (W from seed 0, r in clamp(W d, ±r): 0.8 on Anaheim, else 0.3)."""
-    cap_range = 0.8 if net.name.lower().startswith("anaheim") else 0.3
+    cap_range = default_cap_range(net)
     model = ContextModel.random(net, seed=0, cap_range=cap_range)
     return cap_range, model.costs(net, model.sample(contexts, seed=1))
 

@@ -27,7 +27,15 @@ from torch import Tensor
 from .assignment import PathSet, solve_equilibrium
 from .network import ContextModel, Network
 
-__all__ = ["DataParams", "TrafficData", "TrafficSplit", "build_dataset", "draw_contexts", "generate"]
+__all__ = [
+    "DataParams",
+    "TrafficData",
+    "TrafficSplit",
+    "build_dataset",
+    "default_cap_range",
+    "draw_contexts",
+    "generate",
+]
 
 FORMAT_VERSION = 1
 
@@ -105,6 +113,11 @@ class TrafficData:
     def capacities(self, context: Tensor) -> np.ndarray:
         """(N, E) capacities c(d) of the contexts (N, m)."""
         return self.model.capacity(self.network, context.detach().cpu().double().numpy())
+
+
+def default_cap_range(network: Network) -> float:
+    """The paper's r in c(d) = c₀ ⊙ (1 + clamp(W d, ±r)) for ``network``: 0.8 on Anaheim, else 0.3."""
+    return 0.8 if network.name.lower().startswith("anaheim") else 0.3
 
 
 def draw_contexts(
@@ -253,7 +266,7 @@ def build_dataset(
         raise ValueError(f"build_dataset: gap must lie in (0, 1e-3), got {gap!r}")
     network = Network.from_tntp(network_dir)
     if cap_range is None:
-        cap_range = 0.8 if network.name.lower().startswith("anaheim") else 0.3
+        cap_range = default_cap_range(network)
     params = DataParams(
         network=network.name,
         fingerprint=network.fingerprint,
