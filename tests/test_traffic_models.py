@@ -212,6 +212,41 @@ def test_averaged_variant_condition_and_averagedness(variant: str) -> None:
     assert torch.all(left <= right + 1e-9)
 
 
+@pytest.mark.parametrize("variant", ["nfpn", "averaged", "averaged-wide", "averaged-diag"])
+def test_operator_equals_the_composition_with_its_gradients(variant: str) -> None:
+    # the fused evaluation of T equals z − x + P_C2(2x − z − α F(x)), value and every gradient
+    net = small_network()
+    model = TrafficNFPN(net, 50.0, variant=variant, alpha=0.05, hidden=8).double()
+    assert float(model.allowed.min()) == 0.0  # some links are closed to some commodities
+    g = torch.Generator().manual_seed(3)
+    d = 10 * torch.rand(5, 10, dtype=torch.float64, generator=g)
+    shape = (5, model.num_commodities, net.num_links)
+    z0 = torch.randn(shape, dtype=torch.float64, generator=g)  # negative entries: C1 is active
+    cotangent = torch.randn(shape, dtype=torch.float64, generator=g)
+    results = []
+    for op in (model.operator, model.operator_reference):
+        model.zero_grad()
+        z = z0.clone().requires_grad_(True)
+        tz = op(z, model.game.context_features(model.normalize(d)))
+        (tz * cotangent).sum().backward()
+        params = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+        results.append((tz.detach(), z.grad, params))
+    (t1, gz1, gp1), (t2, gz2, gp2) = results
+    torch.testing.assert_close(t1, t2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gz1, gz2, rtol=1e-12, atol=1e-12)
+    assert any(float(p.abs().max()) > 0 for p in gp1)
+    for p1, p2 in zip(gp1, gp2, strict=True):
+        torch.testing.assert_close(p1, p2, rtol=1e-10, atol=1e-12)
+    # a non-contiguous latent gives the same image
+    zt = z0.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not zt.is_contiguous()
+    with torch.no_grad():
+        cd = model.game.context_features(model.normalize(d))
+        torch.testing.assert_close(model.operator(zt, cd), t1, rtol=1e-12, atol=1e-12)
+        # and the input is left as it was (the in-place steps act on new tensors only)
+        torch.testing.assert_close(zt, z0, rtol=0, atol=0)
+
+
 def test_averaged_wide_parameter_count_and_trunk() -> None:
     # Sioux Falls size (E = 76 links, m = 10): trunk 10 → 170 → 170, heads [g, c] of 8 + 76, A 8 × 76
     game = CocoerciveGameGradient(76, 10, 8, context_hidden=170, context_depth=2)

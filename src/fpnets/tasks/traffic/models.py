@@ -411,7 +411,25 @@ class TrafficNFPN(nn.Module):
         return self.game(x.sum(1), cd).unsqueeze(1).expand_as(x)
 
     def operator(self, z: Tensor, cd: Tensor) -> Tensor:
-        """T(z; d) = z − x + P_C2(2x − z − α F(x; d)), x = P_C1(z): (B, K, E), (B, ·) -> (B, K, E)."""
+        """T(z; d) = z − x + P_C2(2x − z − α F(x; d)), x = P_C1(z): (B, K, E), (B, ·) -> (B, K, E).
+
+        Evaluated as T(z) = x − αF + N⁺b − V_r V_rᵀ(2x − z − αF): P_C2(v) = v − V_r V_rᵀ v + N⁺b
+        substituted, so z cancels, and V_rᵀ F is taken once per sample, since F is the same for
+        every commodity. That is 4 passes over the (B, K, E) latent and one fused matrix product
+        fewer than the composition :meth:`operator_reference`, which it equals (a test checks it
+        in float64): 1.3–3.8× less time per evaluation (benchmarks/traffic_operator.py).
+        """
+        b, k, e = z.shape
+        basis = self.projection.basis.to(z.dtype)  # (E, r) V_r
+        x = self.project_c1(z)  # (B, K, E), a new tensor: the in-place steps below are safe for autograd
+        af = self.alpha * self.game(x.sum(1), cd)  # (B, E) α F_Θ(Σ_k x_k, d)
+        u = x.mul(2.0).sub_(z).reshape(b * k, e) @ basis  # (B K, r) V_rᵀ(2x − z)
+        u = u.view(b, k, -1).sub_((af @ basis).unsqueeze(1))  # (B, K, r) V_rᵀ v
+        w = x.add_(self.offset.to(z.dtype)).sub_(af.unsqueeze(1))  # (B, K, E) x − αF + N⁺b
+        return torch.addmm(w.reshape(b * k, e), u.reshape(b * k, -1), basis.T, alpha=-1.0).view(b, k, e)
+
+    def operator_reference(self, z: Tensor, cd: Tensor) -> Tensor:
+        """T(z; d) composed as written, z − x + P_C2(2x − z − α F(x; d)) (slower; :meth:`operator`)."""
         x = self.project_c1(z)
         y = self.project_c2(2.0 * x - z - self.alpha * self.game_gradient(x, cd))
         return z - x + y
