@@ -97,7 +97,11 @@ def measure(network_dir: Path, batch: int, rounds: int, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = script_parser(__doc__)
-    parser.add_argument("--data-dir", required=True, help="holds transportation-networks/<name>/")
+    parser.add_argument(
+        "--data-dir",
+        required=True,
+        help="holds transportation-networks/<name>/ (as for fpnets train), or <name>/ itself",
+    )
     parser.add_argument("--networks", default=",".join(NETWORKS), help="comma-separated names")
     parser.add_argument("--batch", type=int, default=100, help="contexts per evaluation (100)")
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per variant (30)")
@@ -107,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    root = Path(args.data_dir) / "transportation-networks"
+    root = Path(args.data_dir)
+    if (root / "transportation-networks").is_dir():  # the data directory of `fpnets train`
+        root = root / "transportation-networks"
     names = [n for n in args.networks.split(",") if n]
     missing = [n for n in names if not (root / n).is_dir()]
     if missing:

@@ -445,6 +445,27 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
     assert got["flow_difference_median"] <= got["flow_difference_max"] < 1e-5
 
 
+def test_operator_benchmark_script_writes_json(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    write_network(tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic_operator.py"
+    spec = importlib.util.spec_from_file_location("traffic_operator_bench", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out.json"
+    args = ["--data-dir", str(tmp_path), "--networks", "Toy", "--batch", "4", "--rounds", "2"]
+    assert module.main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["results"][0]
+    assert result["batch"] == 4 and result["relative_difference"] < 1e-6  # fused = composed
+    assert set(result["ms"]) == {"forward fused", "forward composed", "jfb fused", "jfb composed"}
+    assert all(v > 0 for v in result["ms"].values())
+    with pytest.raises(SystemExit):
+        module.main(["--data-dir", str(tmp_path), "--networks", "Nowhere"])
+
+
 def test_generation_in_several_processes_gives_the_same_certified_data(tmp_path: Path) -> None:
     d = write_network(tmp_path)
     one = build_dataset(d, 6, 2, 3, seed=1, gap=1e-10, dtype=torch.float64)
