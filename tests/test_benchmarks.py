@@ -9,7 +9,6 @@ with ``--reduced --batch 2`` for SVHN and CIFAR-10 × (fpn, jacobian, explicit),
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpnets.train import train_step
+
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("svhn", "cifar10")
@@ -143,11 +144,7 @@ def test_gpu_sh_rejects_unknown_argument() -> None:
 
 
 def _common() -> Any:
-    spec = importlib.util.spec_from_file_location("benchmarks_common", ROOT / "benchmarks" / "common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("common", "benchmarks_common")
 
 
 def _mlp() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:

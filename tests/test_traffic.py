@@ -28,6 +28,8 @@ from fpnets.tasks.traffic.metrics import (
 )
 from fpnets.tasks.traffic.tntp import read_net, read_trips
 
+from conftest import load_benchmark
+
 NETWORKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "transportation-networks"
 
 # A 6-node network: zones 1, 2, 3 (first thru node 4). Links 1->3 and 3->2 would make a cheap
@@ -391,15 +393,10 @@ def test_wardrop_gap_of_predictions(tmp_path: Path) -> None:
 
 
 def test_benchmark_script_writes_json(tmp_path: Path) -> None:
-    import importlib.util
     import json
 
     write_network(tmp_path)
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic_assignment.py"
-    spec = importlib.util.spec_from_file_location("traffic_assignment_bench", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("traffic_assignment")
     out = tmp_path / "out.json"
     args = [
         "--data-dir",
@@ -446,15 +443,10 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
 
 
 def test_operator_benchmark_script_writes_json(tmp_path: Path) -> None:
-    import importlib.util
     import json
 
     write_network(tmp_path)
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic_operator.py"
-    spec = importlib.util.spec_from_file_location("traffic_operator_bench", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("traffic_operator")
     out = tmp_path / "out.json"
     args = ["--data-dir", str(tmp_path), "--networks", "Toy", "--batch", "4", "--rounds", "2"]
     assert module.main([*args, "--out", str(out)]) == 0

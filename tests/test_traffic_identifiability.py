@@ -3,7 +3,6 @@ equilibrium hold the true capacities, and shrink to them where the flows pin the
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +10,13 @@ import numpy as np
 from fpnets.tasks.traffic import ContextModel, solve_equilibrium
 from test_traffic_models import small_network
 
+from conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    path = ROOT / "benchmarks" / "traffic_identifiability.py"
-    spec = importlib.util.spec_from_file_location("traffic_identifiability", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("traffic_identifiability")
 
 
 def test_capacity_ranges_hold_the_truth_and_exclude_wrong_capacities() -> None:

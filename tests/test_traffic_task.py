@@ -30,6 +30,8 @@ from fpnets.train import (
     train,
 )
 
+from conftest import load_benchmark
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -433,13 +435,7 @@ def test_traffic_predict_benchmark_times_the_run_and_the_solver(run, root: Path,
 def test_traffic_forward_benchmark_measures_convergence_against_a_reference(
     run, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic_forward.py"
-    spec = importlib.util.spec_from_file_location("traffic_forward", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("traffic_forward")
     out = tmp_path / "forward.json"
     args = ["--run", str(run.run_dir), "--data-dir", str(root), "--repeats", "1", "--threads", "1"]
     args += ["--solvers", "config,picard-500,anderson5-500", "--ref-tol", "1e-7", "--out", str(out)]
