@@ -3,16 +3,12 @@ equilibrium hold the true capacities, and shrink to them where the flows pin the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from fpnets.tasks.traffic import ContextModel, solve_equilibrium
 from test_traffic_models import small_network
 
 from conftest import load_benchmark
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
