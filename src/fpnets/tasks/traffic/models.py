@@ -415,9 +415,10 @@ class TrafficNFPN(nn.Module):
 
         Evaluated as T(z) = x − αF + N⁺b − V_r V_rᵀ(2x − z − αF): P_C2(v) = v − V_r V_rᵀ v + N⁺b
         substituted, so z cancels, and V_rᵀ F is taken once per sample, since F is the same for
-        every commodity. That is 4 passes over the (B, K, E) latent and one fused matrix product
-        fewer than the composition :meth:`operator_reference`, which it equals (a test checks it
-        in float64): 1.3–3.8× less time per evaluation (benchmarks/traffic_operator.py).
+        every commodity; the last subtraction is fused into the matrix product. It equals the
+        composition :meth:`operator_reference` (a test checks value and gradients in float64) in
+        fewer passes over the (B, K, E) latent: 1.09–1.34× less time per evaluation, 1.38–2.22×
+        with its JFB backward, on the five TNTP networks (benchmarks/results/traffic_operator.json).
         """
         b, k, e = z.shape
         basis = self.projection.basis.to(z.dtype)  # (E, r) V_r
