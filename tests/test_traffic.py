@@ -442,7 +442,7 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
     assert got["flow_difference_median"] <= got["flow_difference_max"] < 1e-5
 
 
-def test_operator_benchmark_script_writes_json(tmp_path: Path) -> None:
+def test_operator_benchmark_script_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import json
 
     write_network(tmp_path)
@@ -456,6 +456,7 @@ def test_operator_benchmark_script_writes_json(tmp_path: Path) -> None:
     assert all(v > 0 for v in result["ms"].values())
     with pytest.raises(SystemExit):
         module.main(["--data-dir", str(tmp_path), "--networks", "Nowhere"])
+    assert f"no network folder {tmp_path / 'Nowhere'}" in capsys.readouterr().err
 
 
 def test_generation_in_several_processes_gives_the_same_certified_data(tmp_path: Path) -> None:
